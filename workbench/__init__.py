@@ -1,0 +1,56 @@
+"""Latent Workbench: steering vectors, attention sinks and latent reasoning on Qwen3.5
+(hybrid Gated DeltaNet / full attention) and Llama-style models, through nnsight.
+
+    import workbench as wb
+    bench = wb.load()                       # SmolLM2-135M-Instruct, embedded, offline
+    acts = wb.capture(bench, ["Hello"], layers=[10, 20])
+    print(wb.generate(bench, "What is the capital of France?"))
+
+Names are imported lazily: `import workbench` does no work and does not import torch,
+transformers or nnsight until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "models",
+    "Bench": "models",
+    "available_models": "models",
+    "DEFAULT_MODEL": "models",
+    "ArchInfo": "arch",
+    "capture": "trace",
+    "run_with_edits": "trace",
+    "Activations": "trace",
+    "generate": "generate",
+    "generate_stream": "generate",
+    "generate_full": "generate",
+    "logit_lens": "lens",
+    "LensResult": "lens",
+    "AddVector": "edits",
+    "Ablate": "edits",
+    "apply_edits": "edits",
+}
+_SUBMODULES = {"steering", "prefix", "sinks", "latent", "train", "tasks", "viz", "lens", "edits", "tokenizers", "trace", "models", "arch", "generate", "bench"}
+
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        mod = importlib.import_module(f".{name}", __name__)
+        globals()[name] = mod
+        return mod
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

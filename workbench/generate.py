@@ -1,0 +1,402 @@
+"""THE generation loop. Every way the workbench produces tokens goes through
+`generate_stream`: plain, steered (edits), random-prefix (input-embedding prefix), latent
+reasoning (a `next_input` policy that feeds continuous vectors back), and the UI stream.
+
+The loop always feeds `inputs_embeds` (so a prefix or a latent vector is no special case),
+keeps a transformers cache (KV for attention blocks, conv + recurrent state for Qwen3.5's
+Gated DeltaNet blocks), left-pads batches with explicit position ids, and yields one `Step`
+per forward. Temperature 0 is greedy and deterministic; a seed makes sampling reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from .edits import apply_edits
+from .inputs import as_prompt_list, check_context, positions_from_mask, token_ids
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+class Prefix(Protocol):
+    """Something that prepends input embeddings to every prompt (see `workbench.prefix`)."""
+
+    placement: str  # "start" (before everything) or "after_bos" (after the first token)
+
+    def embeddings(self, bench: Any, batch_size: int) -> Tensor:  # [k, d] or [batch, k, d]
+        ...
+
+
+@dataclass
+class Decision:
+    """What a `next_input` policy wants fed at the next position.
+
+    latent: [batch] bool, rows that get `embeds[row]` instead of a token's embedding (no
+        visible token is emitted for them this step);
+    embeds: [batch, d_model] the continuous inputs for latent rows (ignored elsewhere);
+    force: [batch] long, a token to emit and feed instead of the sampled one (-1: none),
+        e.g. `</think>` when thinking ends; forced tokens do not count as visible tokens;
+    records: anything to attach to the step (readouts).
+    """
+
+    latent: Tensor
+    embeds: Tensor | None = None
+    force: Tensor | None = None
+    records: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoopState:
+    """What a policy sees at step `step`: logits [batch, vocab] (float32) and hidden
+    [batch, d_model] (last hidden state after the final norm) at the newest position, the
+    sampled next tokens [batch], which rows are still running, and the loop's helpers."""
+
+    step: int
+    logits: Tensor
+    hidden: Tensor
+    sampled: Tensor
+    done: Tensor
+    bench: Any
+    embed: Any  # callable: token ids [n] -> embeddings [n, d]
+
+
+class NextInput(Protocol):
+    max_steps: int  # upper bound on the latent steps it may add
+
+    def __call__(self, state: LoopState) -> Decision: ...
+
+
+@dataclass
+class Step:
+    """One forward of the loop.
+
+    tokens: [batch] long, the token emitted this step (-1 where the row fed a latent vector
+        or had already finished); latent: [batch] bool; forced: [batch] bool;
+    done: [batch] bool, row finished after this step;
+    logits: [batch, vocab] float32 distribution this step was chosen from (kept when
+        `keep_logits`); hidden: [batch, d_model] last hidden state (kept when `keep_hidden`);
+    text: decoded new text per row (when `decode_stream`); records: policy readouts.
+    """
+
+    index: int
+    tokens: Tensor
+    latent: Tensor
+    forced: Tensor
+    done: Tensor
+    logits: Tensor | None = None
+    hidden: Tensor | None = None
+    text: list[str] | None = None
+    records: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    """Texts and ids of the visible tokens per row, plus the steps (latent ones included)."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    prompt_lengths: list[int]
+    steps: list[Step]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def truncate_probs(
+    logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> Tensor:
+    """Probabilities [batch, vocab] after temperature, top-k, top-p (nucleus) and min-p
+    truncation, renormalised. Shared by sampling and soft thinking."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for a distribution, got {temperature}")
+    logits = logits.float() / temperature
+    if top_k and top_k > 0:
+        kth = torch.topk(logits, min(int(top_k), logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if min_p and min_p > 0:
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    if top_p < 1.0:
+        sp, idx = torch.sort(probs, dim=-1, descending=True)
+        cum = sp.cumsum(-1)
+        drop = (cum - sp) >= top_p  # keep the smallest prefix whose mass reaches top_p
+        sp = sp.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sp)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Next token per row: argmax at temperature 0, else a draw from `truncate_probs`."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = truncate_probs(logits, temperature, top_k, top_p, min_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    import math
+
+    if not math.isfinite(float(temperature)) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0 <= min_p < 1:
+        raise ValueError(f"min_p must be in [0, 1), got {min_p}")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def stop_token_ids(tokenizer: Any, hf: Any = None) -> set[int]:
+    """End-of-turn ids: the tokenizer's eos plus `<|im_end|>` / `<|endoftext|>` when present
+    and the generation config's eos ids."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        if t in vocab:
+            ids.add(int(vocab[t]))
+    gen_cfg = getattr(hf, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return ids
+
+
+def _rows(bench, prompts, chat, system, enable_thinking) -> list[list[int]]:
+    """prompts: str | list[str] | list[list[int]] | Tensor [batch, seq] of ids (unpadded)."""
+    if isinstance(prompts, Tensor):
+        if prompts.ndim == 1:
+            prompts = prompts[None]
+        return [r.tolist() for r in prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (list, tuple)):
+        rows = [list(map(int, r)) for r in prompts]
+        for i, r in enumerate(rows):
+            if not r:
+                raise ValueError(f"prompt {i} has no token ids")
+        return rows
+    plist = as_prompt_list(prompts)
+    return token_ids(bench.tokenizer, plist, chat=chat, system=system, enable_thinking=enable_thinking)
+
+
+def prefill_embeddings(bench, rows: list[list[int]], prefix: Prefix | None) -> tuple[Tensor, Tensor]:
+    """Left-padded input embeddings [batch, seq, d] and mask [batch, seq] for `rows`, with the
+    prefix vectors inserted per its placement."""
+    hf = bench.hf
+    emb = hf.get_input_embeddings()
+    dev = emb.weight.device
+    B = len(rows)
+    pre = None
+    if prefix is not None:
+        pre = prefix.embeddings(bench, B).to(device=dev, dtype=emb.weight.dtype)
+        if pre.ndim == 2:
+            pre = pre.unsqueeze(0).expand(B, -1, -1)
+        if pre.shape[0] != B or pre.shape[-1] != bench.arch.d_model:
+            raise ValueError(f"prefix embeddings have shape {tuple(pre.shape)}, expected [{B}, k, {bench.arch.d_model}]")
+        placement = getattr(prefix, "placement", "start")
+        if placement not in ("start", "after_bos"):
+            raise ValueError(f"prefix placement must be 'start' or 'after_bos', got {placement!r}")
+    seqs = []
+    for i, r in enumerate(rows):
+        e = emb(torch.as_tensor(r, device=dev))
+        if pre is not None:
+            cut = 1 if getattr(prefix, "placement", "start") == "after_bos" else 0
+            e = torch.cat([e[:cut], pre[i], e[cut:]], dim=0)
+        seqs.append(e)
+    T = max(s.shape[0] for s in seqs)
+    embeds = torch.zeros(B, T, bench.arch.d_model, device=dev, dtype=emb.weight.dtype)
+    mask = torch.zeros(B, T, dtype=torch.long, device=dev)
+    for i, s in enumerate(seqs):
+        embeds[i, T - s.shape[0] :] = s
+        mask[i, T - s.shape[0] :] = 1
+    return embeds, mask
+
+
+def base_model(hf):
+    """The decoder stack that returns last hidden states after the final norm."""
+    return getattr(hf, hf.base_model_prefix)
+
+
+def forward_embeds(hf, embeds: Tensor, mask: Tensor, positions: Tensor, cache=None):
+    """One cached forward of the base model over `embeds` [batch, t, d]; returns
+    (last hidden after final norm [batch, t, d], cache)."""
+    out = base_model(hf)(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+    )
+    return out.last_hidden_state, out.past_key_values
+
+
+@torch.no_grad()
+def generate_stream(
+    bench: Any,
+    prompts: str | Sequence[str] | Sequence[Sequence[int]] | Tensor,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    seed: int | None = None,
+    chat: bool = True,
+    system: str | None = None,
+    enable_thinking: bool | None = None,
+    edits: Sequence[Any] = (),
+    steer: Sequence[Any] | Any = None,
+    prefix: Prefix | None = None,
+    policy: NextInput | None = None,
+    stop_ids: set[int] | None = None,
+    keep_logits: bool = False,
+    keep_hidden: bool = False,
+    decode_stream: bool = False,
+) -> Iterator[Step]:
+    """Yield one `Step` per forward until every row has `max_new_tokens` visible tokens or
+    emitted an end-of-turn token (latent steps and forced tokens do not count as visible).
+
+    prompts: text (through the chat template when `chat`, else raw), or token-id rows.
+    edits / steer: residual edits (`workbench.edits`) or steering vectors (anything with an
+        `.edits()` method), applied in a scope that is undone afterwards.
+    prefix: input-embedding prefix (`workbench.prefix.RandomPrefix`).
+    policy: a `next_input` policy (`workbench.latent`) that may feed continuous vectors.
+    """
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
+    hf, tok = bench.hf, bench.tokenizer
+    all_edits = list(edits or ()) + edits_from_steer(steer)
+    rows = _rows(bench, prompts, chat, system, enable_thinking)
+    B = len(rows)
+    extra = max_new_tokens + int(getattr(policy, "max_steps", 0) or 0)
+    n_prefix = 0
+    embeds, mask = prefill_embeddings(bench, rows, prefix)
+    n_prefix = embeds.shape[1] - max(len(r) for r in rows)
+    for i, r in enumerate(rows):
+        check_context(len(r) + n_prefix + extra, bench.arch.max_positions, f"prompt {i} (+{extra} new positions)")
+    dev = embeds.device
+    stops = torch.tensor(sorted(stop_ids if stop_ids is not None else stop_token_ids(tok, hf)), device=dev)
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=dev).manual_seed(int(seed))
+    emb = hf.get_input_embeddings()
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+    def embed(ids: Tensor) -> Tensor:
+        return emb(ids.to(dev))
+
+    with apply_edits(hf, all_edits) as scope:
+        positions = positions_from_mask(mask)
+        hidden, cache = forward_embeds(hf, embeds, mask, positions)
+        last_pos = positions[:, -1]
+        scope.set_phase("generated")
+        h = hidden[:, -1]
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        n_visible = torch.zeros(B, dtype=torch.long, device=dev)
+        emitted: list[list[int]] = [[] for _ in range(B)]
+        texts = [""] * B
+        max_steps = extra
+        for step in range(max_steps):
+            logits = hf.get_output_embeddings()(h).float()
+            sampled = sample_next(logits, temperature, top_k, top_p, min_p, gen)
+            latent = torch.zeros(B, dtype=torch.bool, device=dev)
+            forced = torch.zeros(B, dtype=torch.bool, device=dev)
+            records: dict = {}
+            next_tok = sampled
+            dec = None
+            if policy is not None:
+                dec = policy(LoopState(step, logits, h, sampled, done.clone(), bench, embed))
+                latent = dec.latent.to(dev) & ~done
+                records = dec.records
+                if dec.force is not None:
+                    forced = (dec.force.to(dev) >= 0) & ~done & ~latent
+                    next_tok = torch.where(forced, dec.force.to(dev), sampled)
+            visible = ~done & ~latent & ~forced
+            out_tok = torch.where(done | latent, torch.full_like(next_tok, -1), next_tok)
+            n_visible += visible.long()
+            new_done = done | (visible & torch.isin(next_tok, stops)) | (n_visible >= max_new_tokens)
+            text = None
+            if decode_stream:
+                text = []
+                for i in range(B):
+                    if visible[i]:
+                        emitted[i].append(int(next_tok[i]))
+                        full = tok.decode(emitted[i], skip_special_tokens=False)
+                        text.append(full[len(texts[i]) :] if full.startswith(texts[i]) else full)
+                        texts[i] = full
+                    else:
+                        text.append("")
+            yield Step(
+                index=step,
+                tokens=out_tok,
+                latent=latent,
+                forced=forced,
+                done=new_done,
+                logits=logits if keep_logits else None,
+                hidden=h if keep_hidden else None,
+                text=text,
+                records=records,
+            )
+            done = new_done
+            if bool(done.all()):
+                break
+            x = embed(torch.where(latent | done, torch.full_like(next_tok, pad), next_tok))
+            if latent.any():
+                if dec is None or dec.embeds is None:
+                    raise ValueError("policy marked rows latent but gave no embeddings")
+                lat = dec.embeds.to(device=dev, dtype=x.dtype)
+                if not torch.isfinite(lat[latent]).all():
+                    raise ValueError(f"latent input at step {step} contains NaN/inf")
+                x = torch.where(latent[:, None], lat, x)
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
+            last_pos = last_pos + 1
+            hidden, cache = forward_embeds(hf, x[:, None], mask, last_pos[:, None], cache)
+            h = hidden[:, -1]
+
+
+def edits_from_steer(steer: Any) -> list:
+    """Steering specs -> edits: anything with `.edits()` (a SteeringVector) or an edit."""
+    if steer is None:
+        return []
+    items = steer if isinstance(steer, (list, tuple)) else [steer]
+    out: list = []
+    for s in items:
+        to_edits = getattr(s, "edits", None)
+        out.extend(to_edits() if callable(to_edits) else [s])
+    return out
+
+
+def generate_full(bench: Any, prompts, **kwargs) -> GenerationResult:
+    """Run the loop to the end; visible token ids and texts per row."""
+    rows = _rows(bench, prompts, kwargs.get("chat", True), kwargs.get("system"), kwargs.get("enable_thinking"))
+    steps = list(generate_stream(bench, rows, **{k: v for k, v in kwargs.items() if k not in ("chat", "system", "enable_thinking")}))
+    B = len(rows)
+    ids: list[list[int]] = [[] for _ in range(B)]
+    for s in steps:
+        for i in range(B):
+            t = int(s.tokens[i])
+            if t >= 0 and not bool(s.forced[i]):
+                ids[i].append(t)
+    stops = kwargs.get("stop_ids") or stop_token_ids(bench.tokenizer, bench.hf)
+    texts = [bench.tokenizer.decode([t for t in r if t not in stops], skip_special_tokens=False) for r in ids]
+    return GenerationResult(texts=texts, token_ids=ids, prompt_lengths=[len(r) for r in rows], steps=steps)
+
+
+def generate(bench: Any, prompt: str | Sequence[str], *, max_new_tokens: int = 64, **kwargs) -> str | list[str]:
+    """Generate text; a plain string prompt goes through the chat template (`chat=False`
+    for raw text). Returns a string for a string prompt, a list for a list. Takes every
+    option of `generate_stream` (temperature, seed, steer=[...], prefix=..., edits=...)."""
+    res = generate_full(bench, prompt, max_new_tokens=max_new_tokens, **kwargs)
+    return res.texts[0] if isinstance(prompt, str) else res.texts
