@@ -10,6 +10,8 @@ per forward. Temperature 0 is greedy and deterministic; a seed makes sampling re
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -65,8 +67,25 @@ class LoopState:
     embed: Any  # callable: token ids [n] -> embeddings [n, d]
 
 
+@dataclass
+class PromptState:
+    """What a policy's optional `start(prompt_state)` hook sees right after the prompt
+    forward (e.g. to prefill a latent head's own cache over the prompt).
+
+    ids: [batch, seq] long, the token id at each prefill position (-1 at left padding and
+        prefix positions); mask / positions: [batch, seq]; hidden: [batch, seq, d_model]
+    last hidden states after the final norm at every prompt position."""
+
+    ids: Tensor
+    mask: Tensor
+    positions: Tensor
+    hidden: Tensor
+    bench: Any
+    embed: Any  # callable: token ids [n] -> embeddings [n, d]
+
+
 class NextInput(Protocol):
-    max_steps: int  # upper bound on the latent steps it may add
+    max_steps: int  # upper bound on the loop steps it may add (latent positions + forced tokens)
 
     def __call__(self, state: LoopState) -> Decision: ...
 
@@ -229,6 +248,18 @@ def prefill_embeddings(bench, rows: list[list[int]], prefix: Prefix | None) -> t
     return embeds, mask
 
 
+def _prefill_ids(rows: list[list[int]], prefix: Prefix | None, T: int, device) -> Tensor:
+    """Token id per prefill position [batch, T], aligned with `prefill_embeddings` (-1 at
+    left padding and at prefix vectors)."""
+    out = torch.full((len(rows), T), -1, dtype=torch.long)
+    n_pre = T - max(len(x) for x in rows)  # prefix vectors per row (0 without a prefix)
+    cut = 1 if prefix is not None and getattr(prefix, "placement", "start") == "after_bos" else 0
+    for i, r in enumerate(rows):
+        seq = list(r[:cut]) + [-1] * n_pre + list(r[cut:])
+        out[i, T - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
+    return out.to(device)
+
+
 def base_model(hf):
     """The decoder stack that returns last hidden states after the final norm."""
     return getattr(hf, hf.base_model_prefix)
@@ -300,6 +331,9 @@ def generate_stream(
     with apply_edits(hf, all_edits) as scope:
         positions = positions_from_mask(mask)
         hidden, cache = forward_embeds(hf, embeds, mask, positions)
+        start = getattr(policy, "start", None)
+        if callable(start):  # optional hook: the policy sees every prompt position once
+            start(PromptState(_prefill_ids(rows, prefix, embeds.shape[1], dev), mask, positions, hidden, bench, embed))
         last_pos = positions[:, -1]
         scope.set_phase("generated")
         h = hidden[:, -1]
@@ -400,3 +434,16 @@ def generate(bench: Any, prompt: str | Sequence[str], *, max_new_tokens: int = 6
     option of `generate_stream` (temperature, seed, steer=[...], prefix=..., edits=...)."""
     res = generate_full(bench, prompt, max_new_tokens=max_new_tokens, **kwargs)
     return res.texts[0] if isinstance(prompt, str) else res.texts
+
+
+class _CallableModule(types.ModuleType):
+    """`workbench.generate` is both this module and the public function: importing the
+    submodule (`from workbench.generate import generate_stream`) makes Python bind the
+    module as the package attribute, shadowing the function. Making the module callable
+    keeps `workbench.generate(bench, prompt, ...)` working whichever happened first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str | list[str]:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

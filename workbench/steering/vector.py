@@ -226,6 +226,55 @@ class SteeringVector:
             raise ValueError(f"layers {missing} not in this vector; it has {self.layers}")
         return self._with({k: self.directions[k] for k in wanted}, f"select({wanted})")
 
+    # ------------------------------------------------------------------ steering edits
+    def _pick(self, layers: int | Iterable[int] | None) -> list[int]:
+        if layers is None:
+            return self.layers
+        wanted = [layers] if isinstance(layers, int) else list(layers)
+        for layer in wanted:
+            if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+                raise ValueError(f"layers must be ints, got {layer!r}")
+        missing = sorted({int(x) for x in wanted} - set(self.directions))
+        if missing:
+            raise ValueError(f"layers {missing} not in this vector; it has {self.layers}")
+        if not wanted:
+            raise ValueError(f"layers is empty; this vector has {self.layers}")
+        return sorted({int(x) for x in wanted})
+
+    def edits(self, scale: float | None = None, where: str = "all", layers: int | Iterable[int] | None = None) -> list:
+        """``AddVector`` edits adding ``scale * direction`` (default: ``self.scale``) at each
+        layer (default: all of this vector's layers). ``where``: "all", "prompt" or
+        "generated" positions. ``workbench.generate(..., steer=[vec])`` calls this."""
+        from ..edits import AddVector
+
+        s = self.scale if scale is None else scale
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(float(s)):
+            raise ValueError(f"scale must be a finite number, got {s!r}")
+        return [AddVector(layer, self.directions[layer], float(s), where) for layer in self._pick(layers)]
+
+    def ablation_edits(
+        self, strength: float = 1.0, where: str = "all", layers: int | Iterable[int] | None = None
+    ) -> list:
+        """``Ablate`` edits projecting each layer's (unit) direction out of the residual:
+        ``h - strength * (h . u) u`` (directional ablation, refusal-direction style)."""
+        from ..edits import Ablate
+
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(float(strength)):
+            raise ValueError(f"strength must be a finite number, got {strength!r}")
+        return [Ablate(layer, self.directions[layer], float(strength), where) for layer in self._pick(layers)]
+
+    def steer(self, scale: float | None = None, where: str = "all", layers: int | Iterable[int] | None = None) -> Steer:
+        """This vector bound to a scale / positions / layers, for ``generate(..., steer=[...])``."""
+        spec = Steer(self, "add", self.scale if scale is None else scale, where, None if layers is None else tuple(self._pick(layers)))
+        spec.edits()  # validate now, not mid-generation
+        return spec
+
+    def ablate(self, strength: float = 1.0, where: str = "all", layers: int | Iterable[int] | None = None) -> Steer:
+        """Directional ablation of this vector's directions, for ``generate(..., steer=[...])``."""
+        spec = Steer(self, "ablate", strength, where, None if layers is None else tuple(self._pick(layers)))
+        spec.edits()
+        return spec
+
     @classmethod
     def random_like(cls, other: SteeringVector, seed: int = 0) -> SteeringVector:
         """Gaussian random directions with the same per-layer L2 norm as ``other`` (a control).
@@ -479,3 +528,23 @@ def _check_expected(
         raise ValueError(
             f"{os.fspath(path)}: vector was made for model family {family!r}, expected {expect_family!r}"
         )
+
+
+@dataclass(frozen=True)
+class Steer:
+    """A steering operator ready for the generation loop: ``op`` "add" (``scale * v``) or
+    "ablate" (project ``v`` out with ``amount`` = strength), on ``where`` positions, at
+    ``layers`` (None: all of the vector's layers). ``edits()`` builds the edits."""
+
+    vector: SteeringVector
+    op: str
+    amount: float
+    where: str = "all"
+    layers: tuple[int, ...] | None = None
+
+    def edits(self) -> list:
+        if self.op == "add":
+            return self.vector.edits(self.amount, self.where, self.layers)
+        if self.op == "ablate":
+            return self.vector.ablation_edits(self.amount, self.where, self.layers)
+        raise ValueError(f"op must be 'add' or 'ablate', got {self.op!r}")

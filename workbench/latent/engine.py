@@ -1,0 +1,256 @@
+"""`latent.run`: drive the one generation loop with a latent policy and record what each
+latent step holds (`LatentTrace`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..generate import _rows, generate_stream, stop_token_ids
+from .policies import THINK_CLOSE
+
+
+@dataclass
+class Superposition:
+    """Non-negative weights over token embeddings reconstructing one latent vector.
+
+    ids / weights: [n] (weights > 0, largest first); rel_error: ||v - sum w e|| / ||v||;
+    n_eff: exp(entropy of the normalised weights), the effective number of tokens."""
+
+    ids: Tensor
+    weights: Tensor
+    rel_error: float
+    n_eff: float
+
+
+@dataclass
+class LatentStep:
+    """One latent step of one row.
+
+    index: latent step number (0-based); loop_step: the loop step it was computed at;
+    latent: [d] float32, the input embedding fed (chunk_size times); hidden: [d] float32,
+    the last hidden state (after the final norm) it was computed from; norm: ||latent||,
+    norm_ratio: norm / mean token-embedding norm; top_ids / top_probs: [k], the model's
+    next-token distribution at that step, entropy (nats); nearest_ids / nearest_cos: [k]
+    cosine-nearest token embeddings; superposition; mixture_ids / mixture_weights: [m]
+    soft thinking's exact mixture (top m of it; mixture_support tokens in all);
+    head_token: the latent head's greedy token input."""
+
+    index: int
+    loop_step: int
+    latent: Tensor
+    hidden: Tensor
+    norm: float
+    norm_ratio: float
+    top_ids: Tensor
+    top_probs: Tensor
+    entropy: float
+    nearest_ids: Tensor | None = None
+    nearest_cos: Tensor | None = None
+    superposition: Superposition | None = None
+    mixture_ids: Tensor | None = None
+    mixture_weights: Tensor | None = None
+    mixture_support: int | None = None
+    head_token: int | None = None
+
+
+@dataclass
+class LatentTrace:
+    """One prompt through a latent loop.
+
+    prompt_ids: the prompt; visible_ids: visible tokens after thinking (forced markers such
+    as `</think>` excluded; the end-of-turn token included when emitted), text (end-of-turn
+    removed); exit: "self_exit" | "maxed" | "fixed" (exit_detail says which rule);
+    latent_steps: latent vectors computed; latent_positions: positions they occupied
+    (latent_steps x chunk_size); fed: per loop step ("latent", step index) | ("forced", id)
+    | ("token", id) in order; hiddens: [n_loop, d] hidden state at every loop step;
+    steps: the per-step readouts; wall_time: seconds for the whole batch this row ran in."""
+
+    method: str
+    prompt_ids: list[int]
+    visible_ids: list[int]
+    text: str
+    exit: str | None
+    exit_detail: str | None
+    latent_steps: int
+    latent_positions: int
+    chunk_size: int
+    steps: list[LatentStep]
+    fed: list[tuple[str, int]] = field(default_factory=list)
+    hiddens: Tensor | None = None
+    wall_time: float = 0.0
+
+    def __post_init__(self):
+        if self.exit is not None and self.exit not in ("self_exit", "maxed", "fixed"):
+            raise ValueError(f"exit must be self_exit, maxed or fixed, got {self.exit!r}")
+        if len(self.steps) != self.latent_steps:
+            raise ValueError("LatentTrace: steps and latent_steps disagree")
+
+    def table(self, tokenizer: Any, k: int = 5) -> str:
+        """Plain-text per-step readout: norm ratio, entropy, top next tokens, nearest tokens,
+        superposition."""
+        dec = lambda i: repr(tokenizer.decode([int(i)]))  # noqa: E731
+        lines = [f"{self.method}: {self.latent_steps} latent steps, {self.latent_positions} positions, exit={self.exit} ({self.exit_detail})"]
+        for s in self.steps:
+            top = " ".join(f"{dec(i)}:{float(p):.2f}" for i, p in zip(s.top_ids[:k], s.top_probs[:k]))
+            line = f"  step {s.index:3d}  |v|/|e|={s.norm_ratio:6.2f}  H={s.entropy:5.2f}  next: {top}"
+            if s.nearest_ids is not None:
+                line += "  nearest: " + " ".join(dec(i) for i in s.nearest_ids[:k])
+            if s.superposition is not None:
+                sp = s.superposition
+                line += f"  superposition n_eff={sp.n_eff:.1f} err={sp.rel_error:.2f}: " + " ".join(
+                    f"{dec(i)}:{float(w):.2f}" for i, w in zip(sp.ids[:k], sp.weights[:k])
+                )
+            if s.mixture_ids is not None:
+                line += "  mixture: " + " ".join(f"{dec(i)}:{float(w):.2f}" for i, w in zip(s.mixture_ids[:k], s.mixture_weights[:k]))
+            lines.append(line)
+        lines.append(f"  visible: {self.text!r}")
+        return "\n".join(lines)
+
+
+def _default_thinking(bench: Any) -> bool | None:
+    return True if THINK_CLOSE in bench.tokenizer.get_vocab() else None
+
+
+@torch.no_grad()
+def run(
+    bench: Any,
+    prompt_or_ids: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor,
+    policy: Any,
+    *,
+    steps: int | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    seed: int | None = None,
+    chat: bool = True,
+    system: str | None = None,
+    enable_thinking: bool | None = None,
+    edits: Sequence[Any] = (),
+    steer: Any = None,
+    readout: bool = True,
+    k: int = 10,
+    n_candidates: int = 64,
+) -> LatentTrace | list[LatentTrace]:
+    """Run `prompt_or_ids` (text through the chat template when `chat`, or token ids) through
+    `policy` (`Coconut`, `ProjectionHead`, `LatentHead`, `SoftThinking`) inside
+    `generate_stream`, then decode visibly (greedy at temperature 0).
+
+    steps: overrides the policy's step count / budget. Returns one `LatentTrace` for a single
+    prompt (a string or one id list), a list for several. With `readout`, every latent step
+    is decomposed onto the vocabulary (`k` nearest tokens, superposition over the
+    `n_candidates` cosine-nearest embeddings)."""
+    single = isinstance(prompt_or_ids, str) or (
+        isinstance(prompt_or_ids, (list, tuple)) and len(prompt_or_ids) > 0 and isinstance(prompt_or_ids[0], int)
+    ) or (isinstance(prompt_or_ids, Tensor) and prompt_or_ids.ndim == 1)
+    if isinstance(prompt_or_ids, (list, tuple)) and prompt_or_ids and isinstance(prompt_or_ids[0], int):
+        prompt_or_ids = [list(prompt_or_ids)]
+    if enable_thinking is None and chat:
+        enable_thinking = _default_thinking(bench)
+    rows = _rows(bench, prompt_or_ids, chat, system, enable_thinking)
+    spec = policy.with_steps(steps) if steps is not None else policy
+    runner = spec.bind(bench, len(rows))  # validates everything before any forward
+    B = len(rows)
+    stops = stop_token_ids(bench.tokenizer, bench.hf)
+    embed_norm = float(bench.arch.embed_norm)
+    out_steps: list[list[LatentStep]] = [[] for _ in range(B)]
+    fed: list[list[tuple[str, int]]] = [[] for _ in range(B)]
+    visible: list[list[int]] = [[] for _ in range(B)]
+    hiddens: list[list[Tensor]] = [[] for _ in range(B)]
+    t0 = time.perf_counter()
+    for st in generate_stream(
+        bench, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        seed=seed, edits=edits, steer=steer, policy=runner, keep_logits=True, keep_hidden=True,
+    ):  # fmt: skip
+        rec = st.records
+        new = rec.get("new")
+        lat_index = rec.get("latent_index")
+        logits = st.logits
+        for i in range(B):
+            if bool(st.latent[i]):
+                hiddens[i].append(st.hidden[i].float().cpu())
+                if new is not None and bool(new[i]):
+                    out_steps[i].append(_make_step(i, st, rec, int(lat_index[i]), logits[i], embed_norm, k))
+                fed[i].append(("latent", runner.n_steps[i] - 1))
+            elif bool(st.forced[i]):
+                hiddens[i].append(st.hidden[i].float().cpu())
+                fed[i].append(("forced", int(st.tokens[i])))
+            elif int(st.tokens[i]) >= 0:
+                hiddens[i].append(st.hidden[i].float().cpu())
+                fed[i].append(("token", int(st.tokens[i])))
+                visible[i].append(int(st.tokens[i]))
+    wall = time.perf_counter() - t0
+    if readout:
+        from .readout import decompose_steps
+
+        for i in range(B):
+            decompose_steps(bench, out_steps[i], k=k, n_candidates=n_candidates)
+    traces = []
+    for i in range(B):
+        traces.append(
+            LatentTrace(
+                method=getattr(spec, "name", type(spec).__name__),
+                prompt_ids=list(rows[i]),
+                visible_ids=visible[i],
+                text=bench.tokenizer.decode([t for t in visible[i] if t not in stops], skip_special_tokens=False),
+                exit=runner.exit[i],
+                exit_detail=runner.exit_detail[i],
+                latent_steps=runner.n_steps[i],
+                latent_positions=runner.positions[i],
+                chunk_size=runner.chunk,
+                steps=out_steps[i],
+                fed=fed[i],
+                hiddens=torch.stack(hiddens[i]) if hiddens[i] else None,
+                wall_time=wall,
+            )
+        )
+    return traces[0] if single else traces
+
+
+def _make_step(i: int, st, rec: dict, index: int, logits: Tensor, embed_norm: float, k: int) -> LatentStep:
+    lat = rec["embeds"][i]
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = probs.topk(min(k, probs.shape[-1]))
+    ent = float(-(probs * probs.clamp_min(1e-30).log()).sum())
+    norm = float(lat.norm())
+    step = LatentStep(
+        index=index,
+        loop_step=st.index,
+        latent=lat.clone(),
+        hidden=st.hidden[i].float().cpu(),
+        norm=norm,
+        norm_ratio=norm / embed_norm if embed_norm > 0 else float("nan"),
+        top_ids=top.indices.cpu(),
+        top_probs=top.values.cpu(),
+        entropy=ent,
+    )
+    if "mix_ids" in rec:
+        step.mixture_ids = rec["mix_ids"][i]
+        step.mixture_weights = rec["mix_weights"][i]
+        step.mixture_support = int(rec["mix_support"][i])
+    if "head_token" in rec:
+        step.head_token = int(rec["head_token"][i])
+    return step
+
+
+def fed_embeddings(bench: Any, trace: LatentTrace, upto: int | None = None) -> Tensor:
+    """The input-embedding sequence [T, d] the model saw: the prompt, then every fed loop
+    step (latent vectors at their positions, markers and visible tokens as embeddings) up
+    to loop step `upto` (exclusive; default all but the last, which is never fed)."""
+    emb = bench.hf.get_input_embeddings()
+    dev = emb.weight.device
+    parts = [emb(torch.as_tensor(trace.prompt_ids, device=dev))]
+    by_index = {s.index: s.latent for s in trace.steps}
+    items = trace.fed[: (len(trace.fed) - 1 if upto is None else upto)]
+    for kind, v in items:
+        if kind == "latent":
+            parts.append(by_index[v].to(device=dev, dtype=emb.weight.dtype)[None])
+        else:
+            parts.append(emb(torch.as_tensor([v], device=dev)))
+    return torch.cat(parts, dim=0)

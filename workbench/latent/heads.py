@@ -1,0 +1,292 @@
+"""Trained latent-reasoning heads: the modules, and loading + validation of their files.
+
+* `ProjectionModule` (CODI / QThink projection): `Linear -> GELU -> Linear -> LayerNorm`
+  on the last hidden state; files `projection_head.pt` (a state dict read with
+  `torch.load(weights_only=True)`, never a full unpickle) or the same tensors as
+  safetensors, keys `mlp.0.*`, `mlp.2.*`, `mlp.3.*`.
+* `LatentHeadModule` (the Qwen3.5-27B latent-reasoning adapter format, an MTP-style block):
+  `latent_head.safetensors` with `core.fc.*`, `core.pre_fc_norm_embedding.*`,
+  `core.pre_fc_norm_hidden.*`, `core.layer.*` (one full-attention decoder layer of the
+  base's own class, with its own KV cache), `core.norm.*`, `to_embed.*`; the token
+  embedding is shared with the base model. `adapter_config.json` beside it holds options.
+
+Sources: a local file or folder, or the hub forms `owner/repo`, `owner/repo:file`,
+`hf://owner/repo/file` (fetched through huggingface_hub; offline this is a clear error).
+Every mismatch against the base model is listed at once, before any generation starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..arch import decoder_layers, final_norm, text_config
+
+PROJECTION_FILE = "projection_head.pt"
+LATENT_HEAD_FILE = "latent_head.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+_HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:.+)?$")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def resolve_source(source: str | Path, default_file: str) -> Path:
+    """A local file/folder or a hub reference -> a local file path.
+
+    Folder: `<folder>/<default_file>` (or the `.safetensors` / `.pt` sibling). Hub:
+    `owner/repo` (default_file in it), `owner/repo:file`, `hf://owner/repo/file`."""
+    s = str(source)
+    path = Path(s).expanduser()
+    if path.exists():
+        if path.is_dir():
+            stem = Path(default_file).stem
+            for cand in (default_file, f"{stem}.safetensors", f"{stem}.pt"):
+                if (path / cand).is_file():
+                    return path / cand
+            raise ValueError(f"folder {s!r} has no {default_file} (nor {stem}.safetensors / {stem}.pt)")
+        return path
+    if s.startswith("hf://"):
+        parts = s[len("hf://") :].split("/", 2)
+        if len(parts) < 2 or not all(parts[:2]):
+            raise ValueError(f"hub reference {s!r} must look like hf://owner/repo or hf://owner/repo/file")
+        repo, fname = "/".join(parts[:2]), (parts[2] if len(parts) == 3 and parts[2] else default_file)
+        return _hub_file(s, repo, fname)
+    if _HUB_RE.match(s) and not s.endswith((".pt", ".safetensors", ".bin", ".json")):
+        repo, _, fname = s.partition(":")
+        return _hub_file(s, repo, fname or default_file)
+    raise ValueError(
+        f"head file {s!r} not found; give a local .safetensors / .pt file or folder, or a hub reference "
+        "(owner/repo, owner/repo:file, hf://owner/repo/file)"
+    )
+
+
+def _hub_file(ref: str, repo: str, fname: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, fname))
+    except Exception as e:  # offline, missing repo/file, no huggingface_hub: all one message
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"could not fetch {fname!r} from the hub repo {repo!r} (reference {ref!r}): {type(e).__name__}: {first}. "
+            "If this machine is offline, download the file elsewhere and pass its local path."
+        ) from e
+
+
+def read_tensors(path: Path) -> dict[str, Tensor]:
+    """Tensors of a `.safetensors` file or a legacy `.pt` state dict (weights_only)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:
+            raise ValueError(f"{path.name} is not a readable safetensors file: {e}") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"{path.name} could not be read as a weights-only torch state dict ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0]}); full unpickling is never done"
+        ) from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path.name} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def read_adapter_config(weights: Path) -> dict:
+    cfg_path = weights.parent / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{cfg_path.name} beside {weights.name} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path.name} must hold a JSON object")
+    return cfg
+
+
+def check_state(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str, hints: list[str] = ()) -> None:
+    """Raise one ValueError listing every missing / unexpected / mis-shaped tensor and NaNs."""
+    problems = list(hints)
+    for k in sorted(set(expected) - set(tensors)):
+        problems.append(f"missing tensor {k} (expected shape {list(expected[k])})")
+    for k in sorted(set(tensors) - set(expected)):
+        problems.append(f"unexpected tensor {k} (shape {list(tensors[k].shape)})")
+    for k in sorted(set(tensors) & set(expected)):
+        if tuple(tensors[k].shape) != tuple(expected[k]):
+            problems.append(f"tensor {k} has shape {list(tensors[k].shape)}, expected {list(expected[k])}")
+        elif tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all():
+            problems.append(f"tensor {k} contains NaN/inf")
+    if problems:
+        raise ValueError(f"{what} does not match the base model ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
+
+
+# --------------------------------------------------------------------------- projection head
+
+
+class ProjectionModule(nn.Module):
+    """`mlp = Sequential(Linear(d, hidden), GELU(), Linear(hidden, d), LayerNorm(d))`."""
+
+    def __init__(self, d_model: int, hidden: int, eps: float = 1e-5):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model), nn.LayerNorm(d_model, eps=eps))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.mlp(h)
+
+
+def projection_from_tensors(tensors: dict[str, Tensor], d_model: int, what: str = "projection head") -> ProjectionModule:
+    w0 = tensors.get("mlp.0.weight")
+    hidden = int(w0.shape[0]) if w0 is not None and w0.ndim == 2 else d_model
+    hints = []
+    if w0 is not None and w0.ndim == 2 and w0.shape[1] != d_model:
+        hints.append(f"head d_model {w0.shape[1]} (mlp.0.weight) != base d_model {d_model}")
+    mod = ProjectionModule(d_model, hidden)
+    expected = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
+    check_state(tensors, expected, what, hints)
+    mod.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return mod.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- latent head
+
+
+def head_config(hf: nn.Module, intermediate_size: int | None = None):
+    """The base text config reduced to one full-attention layer (the head's layer)."""
+    cfg = copy.deepcopy(text_config(hf.config))
+    cfg.num_hidden_layers = 1
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = ["full_attention"]
+    if intermediate_size is not None:
+        cfg.intermediate_size = int(intermediate_size)
+    impl = getattr(text_config(hf.config), "_attn_implementation", None) or "sdpa"
+    cfg._attn_implementation = impl if impl in ("eager", "sdpa") else "sdpa"
+    return cfg
+
+
+def _attention_layer_class(hf: nn.Module) -> type:
+    layers = decoder_layers(hf)
+    for layer in layers:
+        if getattr(layer, "self_attn", None) is not None:
+            return type(layer)
+    raise ValueError(f"{type(hf).__name__} has no softmax-attention decoder layer to build a latent head from")
+
+
+class LatentHeadModule(nn.Module):
+    """`x = fc(cat(norm_e(embed(token)), norm_h(h))); y = norm(layer(x)); out = to_embed(y)`.
+
+    `layer` is one full-attention decoder layer of the base's own class; it attends over the
+    head's own cache (`step(..., cache=...)`, a transformers `DynamicCache`) with the base's
+    rotary embedding. Norms are the base's own RMSNorm class (zero-centred for Qwen3.5)."""
+
+    def __init__(self, hf: nn.Module, intermediate_size: int | None = None, fc_bias: bool = False, to_embed_bias: bool = False):
+        super().__init__()
+        cfg = head_config(hf, intermediate_size)
+        d = int(cfg.hidden_size)
+        norm_cls = type(final_norm(hf))
+        eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
+        self.config = cfg
+        self.core = nn.Module()
+        self.core.fc = nn.Linear(2 * d, d, bias=fc_bias)
+        self.core.pre_fc_norm_embedding = norm_cls(d, eps=eps)
+        self.core.pre_fc_norm_hidden = norm_cls(d, eps=eps)
+        self.core.layer = _attention_layer_class(hf)(cfg, 0)
+        self.core.norm = norm_cls(d, eps=eps)
+        self.to_embed = nn.Linear(d, d, bias=to_embed_bias)
+
+    def fuse(self, tok_embeds: Tensor, hidden: Tensor) -> Tensor:
+        """[..., d] token embeddings and hidden states -> the layer input [..., d]."""
+        c = self.core
+        return c.fc(torch.cat([c.pre_fc_norm_embedding(tok_embeds), c.pre_fc_norm_hidden(hidden)], dim=-1))
+
+    def forward(self, x: Tensor, position_embeddings, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
+        """x [b, t, d] -> next latent inputs [b, t, d]; appends t entries to `cache`."""
+        out = self.core.layer(
+            x, position_embeddings=position_embeddings, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache
+        )
+        if isinstance(out, tuple):
+            out = out[0]
+        return self.to_embed(self.core.norm(out))
+
+
+def latent_head_from_tensors(hf: nn.Module, tensors: dict[str, Tensor], what: str = "latent head") -> LatentHeadModule:
+    """Build the head for base `hf`, validate every tensor name and shape, and load it."""
+    d = int(text_config(hf.config).hidden_size)
+    hints = []
+    fc = tensors.get("core.fc.weight")
+    if fc is not None and fc.ndim == 2 and (fc.shape[0] != d or fc.shape[1] != 2 * d):
+        hints.append(f"head d_model {fc.shape[0]} (core.fc.weight {list(fc.shape)}) != base d_model {d} (expected [{d}, {2 * d}])")
+    gate = tensors.get("core.layer.mlp.gate_proj.weight")
+    inter = int(gate.shape[0]) if gate is not None and gate.ndim == 2 else None
+    with torch.device("meta"):
+        mod = LatentHeadModule(hf, inter, fc_bias="core.fc.bias" in tensors, to_embed_bias="to_embed.bias" in tensors)
+    expected = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
+    check_state(tensors, expected, what, hints)
+    p = next(hf.parameters())
+    mod.load_state_dict({k: v.to(device=p.device, dtype=p.dtype) for k, v in tensors.items()}, assign=True)
+    leftover = [n for n, t in list(mod.named_parameters()) + list(mod.named_buffers()) if t.device.type == "meta"]
+    if leftover:
+        raise ValueError(f"{what}: tensors left uninitialised after loading: {leftover}")
+    return mod.eval().requires_grad_(False)
+
+
+def random_latent_head_tensors(hf: nn.Module, seed: int = 0, scale: float = 0.02, intermediate_size: int | None = None) -> dict[str, Tensor]:
+    """Random-initialised latent-head tensors for `hf` (tests, benchmarks, demos)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mod = LatentHeadModule(hf, intermediate_size)
+        out = {}
+        for k, v in mod.state_dict().items():
+            if "norm" in k and k.endswith("weight"):
+                # zero-centred norms (Qwen3.5) start at 0, ordinary RMSNorm at 1: keep the init
+                out[k] = v.detach().clone().float()
+            else:
+                out[k] = (torch.randn(v.shape) * scale).float()
+    return out
+
+
+def random_projection_tensors(d_model: int, hidden: int | None = None, seed: int = 0) -> dict[str, Tensor]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mod = ProjectionModule(d_model, hidden or 2 * d_model)
+    return {k: v.detach().clone() for k, v in mod.state_dict().items()}
+
+
+@dataclass
+class HeadFile:
+    """Tensors read from a head file plus the adapter config beside it (validated later
+    against a base model)."""
+
+    path: str
+    tensors: dict[str, Tensor]
+    config: dict = field(default_factory=dict)
+
+    @staticmethod
+    def read(source: str | Path, default_file: str) -> "HeadFile":
+        path = resolve_source(source, default_file)
+        tensors = read_tensors(path)
+        cfg = read_adapter_config(path)
+        for k in cfg:
+            if k not in _KNOWN_CONFIG_KEYS:
+                warnings.warn(f"{ADAPTER_CONFIG}: unknown key {k!r} ignored", stacklevel=3)
+        return HeadFile(str(path), tensors, cfg)
+
+
+_KNOWN_CONFIG_KEYS = {
+    "think_close_token_id", "max_internal_tokens", "chunk_size", "pairing", "base_model_name_or_path",
+    "base_model", "hidden_size", "d_model", "vocab_size", "intermediate_size", "head_type", "format", "version",
+    "model_type", "dtype", "torch_dtype",
+}  # fmt: skip

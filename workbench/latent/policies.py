@@ -1,0 +1,494 @@
+"""The four latent loops as `next_input` policies of the one generation loop.
+
+A policy here is a small frozen spec (`Coconut`, `ProjectionHead`, `LatentHead`,
+`SoftThinking`); `spec.bind(bench, batch_size)` validates it against the model (before any
+generation starts) and returns a fresh stateful runner that `generate_stream(policy=...)`
+drives. The runner keeps, per row, a phase (begin marker -> thinking -> end marker ->
+visible), the latent steps taken, the positions used and how thinking ended.
+
+Every loop step advances every row by exactly one position, so a latent vector that
+occupies `chunk_size` positions is fed on `chunk_size` consecutive loop steps (the same as
+one forward over `chunk_size` copies: the model is causal), and batched rows stay aligned.
+At a chunk boundary a thinking row either ends thinking (self-exit: the model's own argmax
+is `</think>`; cold stop; budget spent) or gets its next latent from the state there:
+`logits` / `hidden` (last hidden after the final norm) at the newest position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..generate import Decision, LoopState, PromptState, truncate_probs
+from .heads import (
+    LATENT_HEAD_FILE,
+    PROJECTION_FILE,
+    HeadFile,
+    LatentHeadModule,
+    latent_head_from_tensors,
+    projection_from_tensors,
+)
+
+EXITS = ("self_exit", "maxed", "fixed")
+THINK_CLOSE = "</think>"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def think_close_id(tokenizer: Any, explicit: int | None = None, vocab_size: int | None = None) -> int | None:
+    """`</think>`'s id: `explicit` when given (checked against the vocabulary), else the
+    tokenizer's own, else None."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 0 or (vocab_size and explicit >= vocab_size):
+            raise ValueError(f"think_close_token_id must be a token id in [0, {vocab_size}), got {explicit!r}")
+        return int(explicit)
+    vocab = tokenizer.get_vocab()
+    return int(vocab[THINK_CLOSE]) if THINK_CLOSE in vocab else None
+
+
+def require_think_close(bench: Any, method: str, explicit: int | None = None) -> int:
+    tid = think_close_id(bench.tokenizer, explicit, bench.arch.vocab_size)
+    if tid is None:
+        raise ValueError(
+            f"{method} needs a {THINK_CLOSE!r} token, but the tokenizer of {bench.name!r} has none; "
+            "use a thinking model (e.g. qwen3.5-tiny) or pass think_close_token_id explicitly"
+        )
+    return tid
+
+
+def marker_id(bench: Any, marker: str | int | None, what: str) -> int | None:
+    """A marker token given as an id or a single-token string -> id (None stays None)."""
+    if marker is None:
+        return None
+    V = bench.arch.vocab_size
+    if isinstance(marker, bool):
+        raise ValueError(f"{what} must be a token string or id, got {marker!r}")
+    if isinstance(marker, int):
+        if not 0 <= marker < V:
+            raise ValueError(f"{what} id {marker} is outside the vocabulary [0, {V})")
+        return marker
+    vocab = bench.tokenizer.get_vocab()
+    if marker in vocab:
+        return int(vocab[marker])
+    ids = bench.tokenizer.encode(marker, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"{what} {marker!r} is not a single token of this tokenizer (it encodes to {len(ids)} tokens)")
+    return int(ids[0])
+
+
+def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class Runner:
+    """Per-generation state machine shared by every policy; subclasses give `compute`.
+
+    Attributes after the run, per row: `exit` (one of EXITS, None if never ended),
+    `exit_detail` ("argmax_think_close", "cold_stop", "budget", "fixed"), `n_steps` (latent
+    vectors computed), `positions` (positions they occupied)."""
+
+    method = "latent"
+
+    def __init__(
+        self,
+        bench: Any,
+        batch_size: int,
+        *,
+        max_positions: int,
+        chunk_size: int = 1,
+        begin_id: int | None = None,
+        end_id: int | None = None,
+        close_id: int | None = None,
+        self_exit: bool = False,
+        exit_when_budget: str = "fixed",
+    ):
+        self.bench = bench
+        self.B = batch_size
+        self.chunk = chunk_size
+        self.max_positions = max_positions
+        self.begin_id, self.end_id, self.close_id = begin_id, end_id, close_id
+        self.self_exit = self_exit
+        self.exit_when_budget = exit_when_budget
+        self.max_steps = max_positions + (begin_id is not None) + (end_id is not None)
+        self.phase = ["begin" if begin_id is not None else "think"] * batch_size
+        self.exit: list[str | None] = [None] * batch_size
+        self.exit_detail: list[str | None] = [None] * batch_size
+        self.n_steps = [0] * batch_size
+        self.positions = [0] * batch_size
+        self._chunk_left = [0] * batch_size
+        self._current: Tensor | None = None  # [B, d] latent being fed
+
+    # subclasses ---------------------------------------------------------------
+    def compute(self, state: LoopState, need: Tensor) -> tuple[Tensor, dict]:
+        """Next latents [B, d] for rows in `need` (others ignored) + per-row records."""
+        raise NotImplementedError
+
+    def extra_stop(self, state: LoopState, i: int) -> str | None:
+        return None
+
+    def observe(self, state: LoopState) -> None:
+        """Called at every loop step before decisions (e.g. entropy bookkeeping)."""
+
+    # the decision -------------------------------------------------------------
+    def __call__(self, state: LoopState) -> Decision:
+        B, dev = self.B, state.logits.device
+        self.observe(state)
+        latent = torch.zeros(B, dtype=torch.bool, device=dev)
+        force = torch.full((B,), -1, dtype=torch.long, device=dev)
+        need = torch.zeros(B, dtype=torch.bool, device=dev)
+        exits: list[str | None] = [None] * B
+        argmax = state.logits.argmax(-1)
+        for i in range(B):
+            if bool(state.done[i]):
+                continue
+            if self.phase[i] == "begin":
+                force[i] = self.begin_id
+                self.phase[i] = "think"
+                continue
+            if self.phase[i] == "think":
+                if self._chunk_left[i] > 0:  # keep feeding the current latent
+                    latent[i] = True
+                    self._chunk_left[i] -= 1
+                    self.positions[i] += 1
+                    continue
+                reason = self._stop_reason(state, i, int(argmax[i]))
+                if reason is None:
+                    need[i] = True
+                    continue
+                self.exit[i], self.exit_detail[i] = reason
+                exits[i] = reason[0]
+                self.phase[i] = "end"
+            if self.phase[i] == "end":
+                if self.end_id is not None:
+                    force[i] = self.end_id
+                self.phase[i] = "visible"
+        records: dict = {"exits": exits}
+        new_index = torch.full((B,), -1, dtype=torch.long)
+        if bool(need.any()):
+            embeds, extra = self.compute(state, need)
+            embeds = embeds.to(device=dev)
+            if not torch.isfinite(embeds[need]).all():
+                bad = [i for i in range(B) if bool(need[i]) and not bool(torch.isfinite(embeds[i]).all())]
+                raise ValueError(f"{self.method}: latent vector at step {[self.n_steps[i] for i in bad]} of row(s) {bad} contains NaN/inf")
+            if self._current is None:
+                self._current = torch.zeros_like(embeds)
+            self._current = torch.where(need[:, None], embeds, self._current)
+            for i in range(B):
+                if bool(need[i]):
+                    new_index[i] = self.n_steps[i]
+                    self.n_steps[i] += 1
+                    self.positions[i] += 1
+                    self._chunk_left[i] = self.chunk - 1
+                    latent[i] = True
+            records.update(extra)
+            records["new"] = need.cpu()
+            records["embeds"] = embeds.detach().float().cpu()
+        records["latent_index"] = new_index
+        return Decision(latent=latent, embeds=self._current if bool(latent.any()) else None, force=force, records=records)
+
+    def _stop_reason(self, state: LoopState, i: int, argmax: int) -> tuple[str, str] | None:
+        if self.self_exit and self.close_id is not None and argmax == self.close_id:
+            return ("self_exit", "argmax_think_close")
+        extra = self.extra_stop(state, i)
+        if extra is not None:
+            return ("self_exit", extra)
+        if self.positions[i] + self.chunk > self.max_positions:
+            return (self.exit_when_budget, "budget" if self.exit_when_budget == "maxed" else "fixed")
+        return None
+
+
+# --------------------------------------------------------------------------- COCONUT
+
+
+@dataclass(frozen=True)
+class Coconut:
+    """COCONUT: the last hidden state (after the final norm) is the next input embedding.
+
+    steps: latent steps (a fixed count, or the budget when `stop="self_exit"`);
+    begin / end: optional begin/end-of-thought marker tokens (string or id), fed as
+        ordinary tokens before the first and after the last latent step;
+    stop: None (fixed count) or "self_exit" (end when the model's own argmax is `</think>`,
+        which needs that token; then the exit is "self_exit" or "maxed")."""
+
+    steps: int = 6
+    begin: str | int | None = None
+    end: str | int | None = None
+    stop: str | None = None
+    name = "coconut"
+
+    def with_steps(self, steps: int) -> "Coconut":
+        return dataclasses.replace(self, steps=steps)
+
+    def bind(self, bench: Any, batch_size: int) -> Runner:
+        steps = _positive_int(self.steps, "coconut steps")
+        if self.stop not in (None, "self_exit"):
+            raise ValueError(f"coconut stop must be None or 'self_exit', got {self.stop!r}")
+        close = require_think_close(bench, "coconut with stop='self_exit'") if self.stop else None
+        return _HiddenRunner(
+            bench, batch_size, max_positions=steps, begin_id=marker_id(bench, self.begin, "coconut begin marker"),
+            end_id=marker_id(bench, self.end, "coconut end marker"), close_id=close, self_exit=self.stop is not None,
+            exit_when_budget="maxed" if self.stop else "fixed",
+        )  # fmt: skip
+
+
+class _HiddenRunner(Runner):
+    method = "coconut"
+
+    def compute(self, state, need):
+        return state.hidden, {}
+
+
+# --------------------------------------------------------------------------- projection head
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectionHead:
+    """CODI / QThink projection head: `proj(last hidden)` for K steps (default 6), then
+    greedy decoding from the last step's logits (optionally after an `end` marker)."""
+
+    tensors: dict
+    steps: int = 6
+    end: str | int | None = None
+    path: str = ""
+    name = "projection"
+
+    @staticmethod
+    def load(path: str, steps: int = 6, end: str | int | None = None) -> "ProjectionHead":
+        f = HeadFile.read(path, PROJECTION_FILE)
+        return ProjectionHead(f.tensors, steps=steps, end=end, path=f.path)
+
+    def with_steps(self, steps: int) -> "ProjectionHead":
+        return dataclasses.replace(self, steps=steps)
+
+    def module(self, bench: Any):
+        p = next(bench.hf.parameters())
+        mod = projection_from_tensors(self.tensors, bench.arch.d_model, f"projection head {self.path or '(tensors)'}")
+        return mod.to(device=p.device, dtype=p.dtype)
+
+    def bind(self, bench: Any, batch_size: int) -> Runner:
+        steps = _positive_int(self.steps, "projection-head steps")
+        r = _ProjectionRunner(bench, batch_size, max_positions=steps, end_id=marker_id(bench, self.end, "end marker"))
+        r.proj = self.module(bench)
+        return r
+
+
+class _ProjectionRunner(Runner):
+    method = "projection"
+    proj: Any = None
+
+    def compute(self, state, need):
+        return self.proj(state.hidden), {}
+
+
+# --------------------------------------------------------------------------- latent head
+
+
+@dataclass(frozen=True, eq=False)
+class LatentHead:
+    """The MTP-style latent head (Qwen3.5-27B latent-reasoning adapter format).
+
+    Step: `token` = the model's own greedy next token, `h` = last hidden (after the final
+    norm); `x = fc(cat(norm_e(embed(token)), norm_h(h)))`, `y = norm(layer(x))`, next input
+    `to_embed(y)`, fed `chunk_size` times. The head layer attends over its own cache,
+    prefilled over the prompt pairing token t+1's embedding with hidden t
+    (`pairing="next"`, default) or token t with hidden t (`"same"`). Thinking ends by
+    self-exit (argmax == think_close_token_id) or when the next step would not fit in
+    `max_internal_tokens` positions (maxed); then `</think>` is fed as an ordinary token."""
+
+    tensors: dict
+    think_close_token_id: int | None = None
+    max_internal_tokens: int = 256
+    chunk_size: int = 1
+    pairing: str = "next"
+    path: str = ""
+    name = "latent_head"
+
+    @staticmethod
+    def load(
+        path: str,
+        think_close_token_id: int | None = None,
+        max_internal_tokens: int | None = None,
+        chunk_size: int | None = None,
+        pairing: str | None = None,
+    ) -> "LatentHead":
+        f = HeadFile.read(path, LATENT_HEAD_FILE)
+        cfg = f.config
+        return LatentHead(
+            f.tensors,
+            think_close_token_id=think_close_token_id if think_close_token_id is not None else cfg.get("think_close_token_id"),
+            max_internal_tokens=max_internal_tokens if max_internal_tokens is not None else int(cfg.get("max_internal_tokens", 256)),
+            chunk_size=chunk_size if chunk_size is not None else int(cfg.get("chunk_size", 1)),
+            pairing=pairing or cfg.get("pairing", "next"),
+            path=f.path,
+        )
+
+    def with_steps(self, steps: int) -> "LatentHead":
+        """`steps` latent steps of budget: max_internal_tokens = steps x chunk_size."""
+        _positive_int(steps, "latent-head steps")
+        return dataclasses.replace(self, max_internal_tokens=steps * self.chunk_size)
+
+    def module(self, bench: Any) -> LatentHeadModule:
+        return latent_head_from_tensors(bench.hf, self.tensors, f"latent head {self.path or '(tensors)'}")
+
+    def bind(self, bench: Any, batch_size: int) -> Runner:
+        chunk = _positive_int(self.chunk_size, "chunk_size")
+        if isinstance(self.max_internal_tokens, bool) or not isinstance(self.max_internal_tokens, int) or self.max_internal_tokens < chunk:
+            raise ValueError(
+                f"max_internal_tokens must be an integer >= chunk_size ({chunk}) so that at least one latent step fits, "
+                f"got {self.max_internal_tokens!r}"
+            )
+        if self.pairing not in ("next", "same"):
+            raise ValueError(f"pairing must be 'next' (token t+1 with hidden t) or 'same' (token t with hidden t), got {self.pairing!r}")
+        close = require_think_close(bench, "the latent head", self.think_close_token_id)
+        r = _LatentHeadRunner(
+            bench, batch_size, max_positions=self.max_internal_tokens, chunk_size=chunk, end_id=close, close_id=close,
+            self_exit=True, exit_when_budget="maxed",
+        )  # fmt: skip
+        r.head = self.module(bench)
+        r.pairing = self.pairing
+        return r
+
+
+def _head_mask(kv_mask: Tensor, q_len: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask [B, 1, q, K]: causal over the head cache, padding masked, and every
+    query may always see itself (no all-masked rows at padding)."""
+    B, K = kv_mask.shape
+    kpos = torch.arange(K, device=kv_mask.device)
+    qpos = K - q_len + torch.arange(q_len, device=kv_mask.device)
+    allowed = (kpos[None, :] <= qpos[:, None])[None] & kv_mask[:, None, :].bool()
+    allowed = allowed | (kpos[None, :] == qpos[:, None])[None]
+    return torch.zeros(B, 1, q_len, K, dtype=dtype, device=kv_mask.device).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+class _LatentHeadRunner(Runner):
+    method = "latent_head"
+    head: LatentHeadModule
+    pairing = "next"
+
+    def start(self, prompt: PromptState) -> None:
+        from transformers import DynamicCache
+
+        from ..generate import base_model
+
+        self._rotary = base_model(self.bench.hf).rotary_emb
+        self._cache = DynamicCache()
+        ids, hid = prompt.ids, prompt.hidden
+        if self.pairing == "next":
+            tok, h = ids[:, 1:], hid[:, :-1]
+            valid = (ids[:, 1:] >= 0) & (ids[:, :-1] >= 0)
+        else:
+            tok, h, valid = ids, hid, ids >= 0
+        B = ids.shape[0]
+        self._mask = valid.long()
+        self._next_pos = valid.long().sum(-1)  # [B] next head position per row
+        if tok.shape[1] == 0:
+            return
+        pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        x = self.head.fuse(prompt.embed(tok.clamp(min=0).reshape(-1)).reshape(B, tok.shape[1], -1), h)
+        self._run(x, pos)
+
+    def _run(self, x: Tensor, pos: Tensor) -> Tensor:
+        pe = self._rotary(x, pos)
+        mask = _head_mask(self._mask, x.shape[1], x.dtype)
+        return self.head(x, pe, mask, pos, self._cache)
+
+    def compute(self, state, need):
+        token = state.logits.argmax(-1)
+        x = self.head.fuse(state.embed(token), state.hidden)[:, None]
+        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        pos = self._next_pos[:, None].clone()
+        self._next_pos = self._next_pos + 1
+        y = self._run(x, pos)[:, 0]
+        return y, {"head_token": token.cpu()}
+
+
+# --------------------------------------------------------------------------- soft thinking
+
+
+@dataclass(frozen=True)
+class SoftThinking:
+    """Training-free soft thinking: the next input is the probability-weighted mix of token
+    embeddings under the truncated distribution (temperature, top-k, top-p, min-p).
+
+    Ends when the argmax is `</think>` (self-exit), by the cold stop (entropy of the
+    truncated distribution below `cold_entropy` nats for `cold_patience` consecutive steps;
+    0 disables it), or after `max_steps` steps (maxed); then `</think>` is fed (when the
+    tokenizer has one)."""
+
+    max_steps: int = 64
+    temperature: float = 0.6
+    top_k: int = 15
+    top_p: float = 0.95
+    min_p: float = 0.0
+    cold_entropy: float = 0.01
+    cold_patience: int = 8
+    readout_k: int = 16
+    name = "soft_thinking"
+
+    def with_steps(self, steps: int) -> "SoftThinking":
+        return dataclasses.replace(self, max_steps=steps)
+
+    def bind(self, bench: Any, batch_size: int) -> Runner:
+        steps = _positive_int(self.max_steps, "soft-thinking max_steps")
+        if not self.temperature > 0:
+            raise ValueError(f"soft thinking needs temperature > 0 (it mixes a distribution), got {self.temperature}")
+        truncate_probs(torch.zeros(1, 2), self.temperature, self.top_k, self.top_p, self.min_p)  # validates
+        if self.cold_patience < 0 or self.cold_entropy < 0:
+            raise ValueError(f"cold_entropy and cold_patience must be >= 0, got {self.cold_entropy}, {self.cold_patience}")
+        close = think_close_id(bench.tokenizer, None, bench.arch.vocab_size)
+        if close is None and self.cold_patience > 0:
+            raise ValueError(
+                f"soft thinking's cold stop forces {THINK_CLOSE!r}, but the tokenizer of {bench.name!r} has none; "
+                "pass cold_patience=0 to think for a fixed budget"
+            )
+        r = _SoftRunner(
+            bench, batch_size, max_positions=steps, end_id=close, close_id=close, self_exit=close is not None, exit_when_budget="maxed"
+        )
+        r.spec = self
+        r._low = [0] * batch_size
+        return r
+
+
+class _SoftRunner(Runner):
+    method = "soft_thinking"
+    spec: SoftThinking
+
+    def observe(self, state):
+        s = self.spec
+        if s.cold_patience <= 0:
+            return
+        p = truncate_probs(state.logits, s.temperature, s.top_k, s.top_p, s.min_p)
+        ent = -(p * p.clamp_min(1e-30).log()).sum(-1)
+        for i in range(self.B):
+            if self.phase[i] == "think" and self._chunk_left[i] == 0:
+                self._low[i] = self._low[i] + 1 if float(ent[i]) < s.cold_entropy else 0
+
+    def extra_stop(self, state, i):
+        s = self.spec
+        if s.cold_patience > 0 and self._low[i] >= s.cold_patience:
+            return "cold_stop"
+        return None
+
+    def compute(self, state, need):
+        s = self.spec
+        probs = truncate_probs(state.logits, s.temperature, s.top_k, s.top_p, s.min_p)
+        W = self.bench.hf.get_input_embeddings().weight
+        embeds = probs.to(W.dtype) @ W
+        k = min(s.readout_k, probs.shape[-1])
+        top = probs.topk(k, dim=-1)
+        return embeds, {
+            "mix_ids": top.indices.cpu(),
+            "mix_weights": top.values.float().cpu(),
+            "mix_support": (probs > 0).sum(-1).cpu(),
+            "mix_entropy": (-(probs * probs.clamp_min(1e-30).log()).sum(-1)).float().cpu(),
+        }
