@@ -170,7 +170,7 @@ def test_cached_build_failure_leaves_nothing(tmp_path, monkeypatch):
 def test_real_cache_detects_truncation(smol, tmp_path):
     """A truncated copy of the real default-model cache fails its manifest."""
     src = models.workbench_cache_dir() / "smollm2-135m-v1"
-    assert models.verify_manifest(src) is None
+    assert models.verify_manifest(src, full=True) is None
     dst = tmp_path / "copy"
     shutil.copytree(src, dst)
     w = dst / "model.safetensors"
@@ -179,3 +179,23 @@ def test_real_cache_detects_truncation(smol, tmp_path):
     assert "size" in models.verify_manifest(dst)
     manifest = json.loads((src / models.MANIFEST).read_text())
     assert "model.safetensors" in manifest["files"]
+
+
+def test_manifest_hashes_rewritten_files_even_with_same_size(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"abcd" * 100)
+    models.write_manifest(tmp_path)
+    assert models.verify_manifest(tmp_path) is None
+    import os
+    import time
+
+    time.sleep(0.01)
+    (tmp_path / "w.bin").write_bytes(b"abce" * 100)  # same size, rewritten
+    assert "checksum" in models.verify_manifest(tmp_path)
+    st = (tmp_path / "w.bin").stat()
+    os.utime(tmp_path / "w.bin", ns=(st.st_atime_ns, json_mtime(tmp_path)))  # forged mtime
+    assert models.verify_manifest(tmp_path) is None  # only a full check sees it then
+    assert "checksum" in models.verify_manifest(tmp_path, full=True)
+
+
+def json_mtime(folder):
+    return json.loads((folder / models.MANIFEST).read_text())["files"]["w.bin"]["mtime_ns"]

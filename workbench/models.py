@@ -240,12 +240,20 @@ def _sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, meta: dict | None = None) -> None:
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != MANIFEST:
+            st = p.stat()
+            files[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(p)}
     (folder / MANIFEST).write_text(json.dumps({"files": files, **(meta or {})}, indent=1))
 
 
-def verify_manifest(folder: Path) -> str | None:
-    """None when every file in `folder` matches its manifest entry, else what is wrong."""
+def verify_manifest(folder: Path, full: bool = False) -> str | None:
+    """None when every file in `folder` matches its manifest entry, else what is wrong.
+
+    Sizes are always checked; the sha256 is recomputed for any file whose modification
+    time differs from the one recorded (anything that rewrote it), or for every file with
+    `full=True`. An untouched cache so costs a few stat calls, not hashing 0.5 GB."""
     mf = folder / MANIFEST
     if not mf.is_file():
         return "no manifest"
@@ -257,9 +265,10 @@ def verify_manifest(folder: Path) -> str | None:
         p = folder / fname
         if not p.is_file():
             return f"{fname} missing"
-        if p.stat().st_size != want["size"]:
-            return f"{fname} has size {p.stat().st_size}, expected {want['size']}"
-        if _sha256(p) != want["sha256"]:
+        st = p.stat()
+        if st.st_size != want["size"]:
+            return f"{fname} has size {st.st_size}, expected {want['size']}"
+        if (full or st.st_mtime_ns != want.get("mtime_ns")) and _sha256(p) != want["sha256"]:
             return f"{fname} checksum mismatch"
     return None
 
