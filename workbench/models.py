@@ -66,11 +66,13 @@ class Bench:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the device of the input embedding (the first module to run,
+        also on a model dispatched over several devices)."""
+        return self.hf.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
+        return self.hf.get_input_embeddings().weight.dtype
 
     def __repr__(self) -> str:
         a = self.arch
@@ -161,9 +163,13 @@ def load(
     dt = resolve_dtype(dtype, dev)
     _check_dtype_runs(dt, dev)
     if name in _REGISTRY:
-        hf, tok, source = _REGISTRY[name](dev, dt)
+        hf, tok, source = _REGISTRY[name](dev if device_map is None else torch.device("cpu"), dt)
+        arch = arch_info(hf)
+        if device_map is not None:
+            hf = dispatch_over_devices(hf, device_map)
     else:
         hf, tok, source = _load_pretrained(name, dev, dt, device_map, trust_remote_code)
+        arch = arch_info(hf)
     hf.eval()
     for p in hf.parameters():
         p.requires_grad_(False)
@@ -173,7 +179,33 @@ def load(
     from ._nnsight import wrap
 
     lm = wrap(hf, tok) if dispatch else None
-    return Bench(name=name, model=lm, hf=hf, tokenizer=tok, arch=arch_info(hf), source=source)
+    return Bench(name=name, model=lm, hf=hf, tokenizer=tok, arch=arch, source=source)
+
+
+# --------------------------------------------------------------------------- several devices
+
+
+def dispatch_over_devices(hf: torch.nn.Module, device_map: str | dict, offload_dir: str | None = None) -> torch.nn.Module:
+    """Spread a loaded model over devices with accelerate (`device_map="auto"` or a dict of
+    module name -> "cpu" | "cuda:N" | "disk"). Forwards then move activations between
+    devices through accelerate's hooks; steering hooks, captures and the generation loop
+    work unchanged on the dispatched model."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(hf, no_split_module_classes=getattr(hf, "_no_split_modules", None))
+    if not isinstance(device_map, dict):
+        raise ValueError(f"device_map must be 'auto' or a dict of module -> device, got {device_map!r}")
+    names = dict(hf.named_modules())
+    unknown = [k for k in device_map if k and k not in names]
+    if unknown:
+        raise ValueError(f"device_map names modules this model does not have: {unknown}")
+    if "disk" in device_map.values() and offload_dir is None:
+        import tempfile
+
+        offload_dir = tempfile.mkdtemp(prefix="workbench-offload-")
+    main = next((d for d in device_map.values() if d not in ("cpu", "disk")), "cpu")
+    return dispatch_model(hf, device_map=device_map, main_device=main, offload_dir=offload_dir)
 
 
 # --------------------------------------------------------------------------- hub / local paths
