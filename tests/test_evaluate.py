@@ -24,23 +24,19 @@ def test_accuracy_and_coverage_exact():
         accuracy([])
 
 
-def test_solve_scores_with_task_parser(smol):
-    probs = arithmetic_problems(3, steps=1, digits=1, seed=1)
-    out = solve(smol, probs, batch_size=2, max_new_tokens=3)
-    assert [a.problem_id for a in out] == [p.id for p in probs]
+def test_solve_scores_and_batching(smol):
+    """Scores come from the task parser; batch size does not change greedy answers."""
     from workbench.tasks import extract_answer, is_correct
 
+    probs = arithmetic_problems(2, steps=1, digits=1, seed=1)
+    out = solve(smol, probs, batch_size=2, max_new_tokens=2)
+    one = solve(smol, probs, batch_size=1, max_new_tokens=2)
+    assert [a.problem_id for a in out] == [p.id for p in probs]
+    assert [a.text for a in out] == [a.text for a in one]
     for a, p in zip(out, probs):
         assert a.prediction == extract_answer(a.text)
         assert a.correct == is_correct(a.prediction, p.answer)
-        assert 1 <= a.n_tokens <= 3
-
-
-def test_solve_batching_does_not_change_greedy(smol):
-    probs = arithmetic_problems(3, steps=1, digits=1, seed=2)
-    a = solve(smol, probs, batch_size=3, max_new_tokens=4)
-    b = solve(smol, probs, batch_size=1, max_new_tokens=4)
-    assert [x.text for x in a] == [x.text for x in b]
+        assert 1 <= a.n_tokens <= 2
 
 
 def test_solve_bad_input(smol):

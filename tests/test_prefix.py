@@ -46,7 +46,7 @@ def test_positions():
 
 def test_generation_reproducible_and_seed_sensitive(any_bench):
     prompt = "Name a colour."
-    kw = dict(max_new_tokens=6, temperature=0.0)
+    kw = dict(max_new_tokens=4, temperature=0.0)
     a = generate_full(any_bench, [prompt], prefix=RandomPrefix(n=2, seed=1, scale=2.0), **kw)
     b = generate_full(any_bench, [prompt], prefix=RandomPrefix(n=2, seed=1, scale=2.0), **kw)
     assert a.token_ids == b.token_ids
@@ -88,26 +88,28 @@ def test_trace_with_prefix_matches_generation_loop(any_bench):
     assert not torch.allclose(plain[L], acts[L])
 
 
+@pytest.mark.slow
 def test_batched_prefix_generation_equals_one_by_one(smol):
     p = RandomPrefix(n=2, seed=0)
     prompts = ["Say hi.", "What is two plus two? Answer briefly."]
-    both = generate_full(smol, prompts, prefix=p, max_new_tokens=5)
-    one = [generate_full(smol, [q], prefix=p, max_new_tokens=5).token_ids[0] for q in prompts]
+    both = generate_full(smol, prompts, prefix=p, max_new_tokens=3)
+    one = [generate_full(smol, [q], prefix=p, max_new_tokens=3).token_ids[0] for q in prompts]
     assert both.token_ids == one
 
 
+@pytest.mark.slow
 def test_evaluate_prefix_structure(smol):
     probs = arithmetic_problems(2, steps=1, digits=1, seed=0)
-    res = evaluate_prefix(smol, probs, seeds=[0, 1], n_samples=2, max_new_tokens=4, batch_size=2)
-    assert res.solved.shape == (2, 2) and res.sampled_solved.shape == (2, 2)
+    res = evaluate_prefix(smol, probs, seeds=[0, 1], n_samples=1, max_new_tokens=2, batch_size=2)
+    assert res.solved.shape == (2, 2) and res.sampled_solved.shape == (1, 2)
     s = res.summary()
     assert s["oracle_coverage"] == float(res.solved.any(0).float().mean())
     assert s["oracle_coverage"] >= max(s["per_seed_accuracy"])
     assert math.isclose(s["mean_accuracy"], sum(s["per_seed_accuracy"]) / 2)
-    assert set(res.attempts) == {"baseline", "prefix:0", "prefix:1", "sample:0", "sample:1"}
-    # greedy with a prefix is deterministic: the same seed again gives the same texts
-    again = evaluate_prefix(smol, probs, seeds=[0], n_samples=0, max_new_tokens=4, batch_size=2)
-    assert [a.text for a in again.attempts["prefix:0"]] == [a.text for a in res.attempts["prefix:0"]]
+    assert set(res.attempts) == {"baseline", "prefix:0", "prefix:1", "sample:0"}
+    assert s["sampled_coverage"] == float(res.sampled_solved.any(0).float().mean())
+    for key, row in (("prefix:0", res.solved[0]), ("baseline", res.baseline_solved)):
+        assert [a.correct for a in res.attempts[key]] == row.tolist()
 
 
 def test_evaluate_prefix_bad_input(smol):

@@ -264,21 +264,21 @@ def _sink_attention(module, query, key, value, attention_mask, scaling, dropout=
     late = torch.zeros(B, H, K, dtype=torch.float32, device=query.device)
     out = torch.empty(B, H, Tq, value.shape[-1], dtype=query.dtype, device=query.device)
     budget = rec.chunk_bytes if rec is not None else CHUNK_BYTES
-    chunk = max(1, budget // max(1, 3 * B * H * Tk * 4))
+    chunk = max(1, budget // max(1, 2 * B * H * Tk * 4))  # scores + float32 probs live at once
     kT = key.transpose(2, 3)
     keys = torch.arange(Tk, device=query.device)
     for s in range(0, Tq, chunk):
         e = min(Tq, s + chunk)
-        sc = torch.matmul(query[:, :, s:e], kT) * scaling
+        sc = torch.matmul(query[:, :, s:e], kT).mul_(scaling)  # in place: one [B, H, c, Tk] buffer
         if softcap:
-            sc = torch.tanh(sc / softcap) * softcap
+            sc = sc.div_(softcap).tanh_().mul_(softcap)
         if attention_mask is None:
             qpos = torch.arange(s + offset, e + offset, device=query.device)
-            sc = sc.masked_fill(keys[None, :] > qpos[:, None], float("-inf"))
+            sc.masked_fill_(keys[None, :] > qpos[:, None], float("-inf"))
         elif attention_mask.dtype == torch.bool:
-            sc = sc.masked_fill(~attention_mask[:, :, s:e, :Tk], float("-inf"))
+            sc.masked_fill_(~attention_mask[:, :, s:e, :Tk], float("-inf"))
         else:
-            sc = sc + attention_mask[:, :, s:e, :Tk]
+            sc.add_(attention_mask[:, :, s:e, :Tk])
         p = torch.softmax(sc, dim=-1, dtype=torch.float32)
         del sc
         if K:
