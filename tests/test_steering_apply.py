@@ -17,7 +17,7 @@ import torch
 import workbench as wb
 from workbench.arch import decoder_layers, final_norm
 from workbench.edits import AddVector, apply_edits
-from workbench.generate import Decision, generate_full, generate_stream
+from workbench.generate import Decision, base_model, generate_full, generate_stream
 from workbench.inputs import encode
 from workbench.steering import SteeringVector
 from workbench.steering.apply import (
@@ -43,7 +43,7 @@ def _vec(bench, layers, seed=0, scale=1.0):
 
 @torch.no_grad()
 def block_outputs(bench, prompts, steer=None):
-    """All block outputs [n_layers] x [b, T, d] and logits [b, T, V], read by pre-hooks on
+    """All block outputs [n_layers] x [b, T, d] and last-position logits [b, V], read by pre-hooks on
     the NEXT module, with `steer` installed through the generation loop's hook scope."""
     hf = bench.hf
     layers = decoder_layers(hf)
@@ -57,7 +57,8 @@ def block_outputs(bench, prompts, steer=None):
     try:
         edits = as_edits(steer, bench) if steer is not None else []
         with apply_edits(hf, edits):
-            logits = hf(**batch.model_kwargs()).logits.float()
+            last = base_model(hf)(**batch.model_kwargs()).last_hidden_state[:, -1]
+            logits = hf.get_output_embeddings()(last).float()  # last position only: cheap
     finally:
         for h in handles:
             h.remove()

@@ -125,7 +125,10 @@ def position_label(position: Position) -> str:
     """How a position is recorded in ``SteeringVector.position`` ("-1", "mean", "2:5")."""
     p = _capture_positions(position)
     if isinstance(p, slice):
-        return ":".join("" if x is None else str(x) for x in (p.start, p.stop, p.step)).rstrip(":") or ":"
+        parts = ["" if x is None else str(x) for x in (p.start, p.stop)]
+        if p.step is not None:
+            parts.append(str(p.step))
+        return ":".join(parts)
     return str(p)
 
 
