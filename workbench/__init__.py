@@ -34,8 +34,11 @@ _EXPORTS = {
     "AddVector": "edits",
     "Ablate": "edits",
     "apply_edits": "edits",
+    "SteeringVector": "steering.vector",
+    "RandomPrefix": "prefix",
+    "transformer_lens_bridge": "interop",
 }
-_SUBMODULES = {"steering", "prefix", "sinks", "latent", "train", "tasks", "viz", "lens", "edits", "tokenizers", "trace", "models", "arch", "generate", "bench"}
+_SUBMODULES = {"steering", "prefix", "sinks", "latent", "train", "tasks", "viz", "lens", "edits", "tokenizers", "trace", "models", "arch", "generate", "bench", "evaluate", "interop", "inputs"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

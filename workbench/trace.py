@@ -133,7 +133,10 @@ def trace_batch(
     batch = batch.to(bench.device)
     saved: dict[int, Any] = {}
     mask = batch.attention_mask
-    with torch.no_grad(), bench.model.trace(**batch.model_kwargs()):
+    # Only the last position's logits are ever used: `logits_to_keep=1` spares the LM head
+    # over every position (large for Qwen3.5's 248k vocabulary); with no logits wanted the
+    # forward stops right after the last layer read.
+    with torch.no_grad(), bench.model.trace(**batch.model_kwargs(), logits_to_keep=1) as tracer:
         for l in touched:
             out = envs[l].output
             h = out[0] if isinstance(out, tuple) else out
@@ -146,7 +149,11 @@ def trace_batch(
                     envs[l].output = h
             if l in layers:
                 saved[l] = reduce_positions(h, mask, positions).float().save()
-        logits = bench.model.output.logits[:, -1].float().save() if want_logits else None
+        if want_logits:
+            logits = bench.model.output.logits[:, -1].float().save()
+        else:
+            logits = None
+            tracer.stop()
     return {l: saved[l].detach().cpu() for l in layers}, (logits.detach().cpu() if want_logits else None)
 
 
