@@ -188,10 +188,11 @@ def stop_token_ids(tokenizer: Any, hf: Any = None) -> set[int]:
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
-    vocab = tokenizer.get_vocab()
     for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-        if t in vocab:
-            ids.add(int(vocab[t]))
+        # a direct lookup: get_vocab() builds a 248k-entry dict on the Qwen3.5 tokenizer
+        i = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(i) == t:
+            ids.add(int(i))
     gen_cfg = getattr(hf, "generation_config", None)
     eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
     if eos is not None:

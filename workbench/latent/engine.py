@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..generate import _rows, generate_stream, stop_token_ids
-from .policies import THINK_CLOSE
+from ..generate import _rows, generate_stream
+from .policies import THINK_CLOSE, stop_ids, token_id
 
 
 @dataclass
@@ -113,7 +113,7 @@ class LatentTrace:
 
 
 def _default_thinking(bench: Any) -> bool | None:
-    return True if THINK_CLOSE in bench.tokenizer.get_vocab() else None
+    return True if token_id(bench.tokenizer, THINK_CLOSE) is not None else None
 
 
 @torch.no_grad()
@@ -157,7 +157,7 @@ def run(
     spec = policy.with_steps(steps) if steps is not None else policy
     runner = spec.bind(bench, len(rows))  # validates everything before any forward
     B = len(rows)
-    stops = stop_token_ids(bench.tokenizer, bench.hf)
+    stops = stop_ids(bench)
     embed_norm = float(bench.arch.embed_norm)
     out_steps: list[list[LatentStep]] = [[] for _ in range(B)]
     fed: list[list[tuple[str, int]]] = [[] for _ in range(B)]
@@ -166,7 +166,7 @@ def run(
     t0 = time.perf_counter()
     for st in generate_stream(
         bench, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        seed=seed, edits=edits, steer=steer, policy=runner, keep_logits=True, keep_hidden=True,
+        seed=seed, edits=edits, steer=steer, policy=runner, stop_ids=stops, keep_logits=True, keep_hidden=True,
     ):  # fmt: skip
         rec = st.records
         new = rec.get("new")

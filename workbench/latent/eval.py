@@ -57,19 +57,20 @@ def prompt_for(problem: Problem, method: str) -> str:
 
 
 def _baseline(bench: Any, problem: Problem, method: str, max_new_tokens: int, think_budget: int) -> EvalRow:
-    from ..generate import generate_full, stop_token_ids
+    from ..generate import generate_full
+    from .policies import stop_ids, token_id
 
-    vocab = bench.tokenizer.get_vocab()
-    thinking = "</think>" in vocab
-    close = vocab.get("</think>")
+    close = token_id(bench.tokenizer, "</think>")
+    thinking = close is not None
+    stops = stop_ids(bench)
     t0 = time.perf_counter()
     budget = max_new_tokens + (think_budget if method == "cot" and thinking else 0)
     res = generate_full(
-        bench, prompt_for(problem, method), max_new_tokens=budget, enable_thinking=(method == "cot") if thinking else None
+        bench, prompt_for(problem, method), max_new_tokens=budget, enable_thinking=(method == "cot") if thinking else None,
+        stop_ids=stops,
     )
     wall = time.perf_counter() - t0
     ids = res.token_ids[0]
-    stops = stop_token_ids(bench.tokenizer, bench.hf)
     exit, think = None, 0
     if method == "cot" and thinking:
         if close in ids:

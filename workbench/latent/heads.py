@@ -60,7 +60,7 @@ def resolve_source(source: str | Path, default_file: str) -> Path:
             raise ValueError(f"hub reference {s!r} must look like hf://owner/repo or hf://owner/repo/file")
         repo, fname = "/".join(parts[:2]), (parts[2] if len(parts) == 3 and parts[2] else default_file)
         return _hub_file(s, repo, fname)
-    if _HUB_RE.match(s) and not s.endswith((".pt", ".safetensors", ".bin", ".json")):
+    if _HUB_RE.match(s) and (":" in s or not s.endswith((".pt", ".safetensors", ".bin", ".json"))):
         repo, _, fname = s.partition(":")
         return _hub_file(s, repo, fname or default_file)
     raise ValueError(

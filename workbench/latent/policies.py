@@ -40,6 +40,39 @@ THINK_CLOSE = "</think>"
 # --------------------------------------------------------------------------- helpers
 
 
+def token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of `token` as one vocabulary entry (added tokens included), or None. Uses the
+    fast tokenizer's lookup: `get_vocab()` builds a 248k-entry dict (~1 s for Qwen3.5)."""
+    fast = getattr(tokenizer, "_tokenizer", None)
+    if fast is not None and hasattr(fast, "token_to_id"):
+        tid = fast.token_to_id(token)
+        return None if tid is None else int(tid)
+    tid = tokenizer.get_vocab().get(token)
+    return None if tid is None else int(tid)
+
+
+def stop_ids(bench: Any) -> set[int]:
+    """End-of-turn ids, the same set as `generate.stop_token_ids`, without `get_vocab()`;
+    cached on the bench."""
+    cached = bench.extra.get("_latent_stop_ids") if isinstance(getattr(bench, "extra", None), dict) else None
+    if cached is not None:
+        return set(cached)
+    tok, ids = bench.tokenizer, set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = token_id(tok, t)
+        if tid is not None:
+            ids.add(tid)
+    gen_cfg = getattr(bench.hf, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    if isinstance(getattr(bench, "extra", None), dict):
+        bench.extra["_latent_stop_ids"] = frozenset(ids)
+    return ids
+
+
 def think_close_id(tokenizer: Any, explicit: int | None = None, vocab_size: int | None = None) -> int | None:
     """`</think>`'s id: `explicit` when given (checked against the vocabulary), else the
     tokenizer's own, else None."""
@@ -47,8 +80,7 @@ def think_close_id(tokenizer: Any, explicit: int | None = None, vocab_size: int 
         if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 0 or (vocab_size and explicit >= vocab_size):
             raise ValueError(f"think_close_token_id must be a token id in [0, {vocab_size}), got {explicit!r}")
         return int(explicit)
-    vocab = tokenizer.get_vocab()
-    return int(vocab[THINK_CLOSE]) if THINK_CLOSE in vocab else None
+    return token_id(tokenizer, THINK_CLOSE)
 
 
 def require_think_close(bench: Any, method: str, explicit: int | None = None) -> int:
@@ -72,9 +104,9 @@ def marker_id(bench: Any, marker: str | int | None, what: str) -> int | None:
         if not 0 <= marker < V:
             raise ValueError(f"{what} id {marker} is outside the vocabulary [0, {V})")
         return marker
-    vocab = bench.tokenizer.get_vocab()
-    if marker in vocab:
-        return int(vocab[marker])
+    tid = token_id(bench.tokenizer, marker)
+    if tid is not None:
+        return tid
     ids = bench.tokenizer.encode(marker, add_special_tokens=False)
     if len(ids) != 1:
         raise ValueError(f"{what} {marker!r} is not a single token of this tokenizer (it encodes to {len(ids)} tokens)")

@@ -147,7 +147,10 @@ def cot_hiddens(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, *
     and the token ids of an explicit chain-of-thought greedy run of `prompt`."""
     from ..generate import generate_stream
 
-    enable = kwargs.pop("enable_thinking", True if "</think>" in bench.tokenizer.get_vocab() else None)
+    from .policies import stop_ids, token_id
+
+    enable = kwargs.pop("enable_thinking", True if token_id(bench.tokenizer, "</think>") is not None else None)
+    kwargs.setdefault("stop_ids", stop_ids(bench))
     rows = [prompt] if isinstance(prompt, list) else prompt
     hs, ids = [], []
     for st in generate_stream(bench, rows, max_new_tokens=max_new_tokens, keep_hidden=True, enable_thinking=enable, **kwargs):

@@ -1,0 +1,157 @@
+"""`workbench latent run|eval|inspect`: latent reasoning from the command line."""
+
+from __future__ import annotations
+
+import json
+
+from ._common import add_model_args, load_from_args, print_json
+
+METHODS = ("coconut", "projection", "latent-head", "soft")
+
+
+def _add_policy_args(p, multiple: bool = False) -> None:
+    if multiple:
+        p.add_argument("--methods", default="coconut,soft,cot,no-think",
+                       help=f"comma-separated: {', '.join(METHODS)}, cot, no-think (default: coconut,soft,cot,no-think)")  # fmt: skip
+    else:
+        p.add_argument("--method", choices=METHODS, default="coconut")
+    p.add_argument("--head", help="head file/folder or hub reference (projection / latent-head)")
+    p.add_argument("--steps", type=int, default=None, help="latent steps (fixed count, or the budget)")
+    p.add_argument("--chunk-size", type=int, default=None, help="latent head: positions per latent vector")
+    p.add_argument("--max-internal-tokens", type=int, default=None, help="latent head: budget in positions")
+    p.add_argument("--think-close-id", type=int, default=None, help="latent head: the </think> token id")
+    p.add_argument("--soft-temperature", type=float, default=0.6)
+    p.add_argument("--soft-top-k", type=int, default=15)
+    p.add_argument("--soft-top-p", type=float, default=0.95)
+    p.add_argument("--cold-entropy", type=float, default=0.01)
+    p.add_argument("--cold-patience", type=int, default=8)
+    p.add_argument("--end-marker", default=None, help="coconut / projection: token fed after the last latent step")
+
+
+def make_policy(args, method: str, bench=None):
+    from .. import latent
+
+    if method == "coconut":
+        return latent.Coconut(steps=args.steps or 6, end=args.end_marker)
+    if method == "projection":
+        if not args.head:
+            raise ValueError("--method projection needs --head PATH (a projection_head.pt / .safetensors)")
+        return latent.ProjectionHead.load(args.head, steps=args.steps or 6, end=args.end_marker)
+    if method == "latent-head":
+        if not args.head:
+            raise ValueError("--method latent-head needs --head PATH (latent_head.safetensors or its folder)")
+        pol = latent.LatentHead.load(
+            args.head, think_close_token_id=args.think_close_id, max_internal_tokens=args.max_internal_tokens, chunk_size=args.chunk_size
+        )
+        return pol.with_steps(args.steps) if args.steps else pol
+    if method == "soft":
+        return latent.SoftThinking(
+            max_steps=args.steps or 64, temperature=args.soft_temperature, top_k=args.soft_top_k, top_p=args.soft_top_p,
+            cold_entropy=args.cold_entropy, cold_patience=args.cold_patience,
+        )  # fmt: skip
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("latent", help="latent reasoning: run, evaluate, inspect heads")
+    lsub = p.add_subparsers(dest="latent_cmd", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+    r = lsub.add_parser("run", help="run a prompt through a latent loop and read out each latent step")
+    add_model_args(r, positional=False)
+    r.add_argument("prompt")
+    _add_policy_args(r)
+    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--temperature", type=float, default=0.0)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--raw", action="store_true", help="raw text, no chat template")
+    r.add_argument("-k", type=int, default=5, help="tokens shown per readout")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--html", help="write the per-step figures as one HTML file")
+    r.set_defaults(func=_run)
+
+    e = lsub.add_parser("eval", help="accuracy / steps / exits / time per method vs CoT and no-thinking baselines")
+    add_model_args(e, positional=False)
+    _add_policy_args(e, multiple=True)
+    e.add_argument("--task", default="arith-easy", help="arith-easy|arith-medium|arith-hard|arith-expert|gsm8k-sample or a GSM8K-format .jsonl")
+    e.add_argument("-n", type=int, default=20, help="number of problems")
+    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--max-new-tokens", type=int, default=96)
+    e.add_argument("--think-budget", type=int, default=128, help="CoT baseline: thinking tokens allowed")
+    e.add_argument("--out", help="folder for results.jsonl, summary.json, summary.txt")
+    e.set_defaults(func=_eval)
+
+    i = lsub.add_parser("inspect", help="validate a head file against a model and list its tensors and config")
+    add_model_args(i, positional=False)
+    i.add_argument("head")
+    i.add_argument("--kind", choices=("latent-head", "projection"), default="latent-head")
+    i.set_defaults(func=_inspect)
+
+
+def _run(args) -> int:
+    from .. import latent
+
+    bench = load_from_args(args)
+    pol = make_policy(args, args.method, bench)
+    tr = latent.run(bench, args.prompt, pol, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                    chat=not args.raw, k=args.k)  # fmt: skip
+    if args.json:
+        print_json({
+            "method": tr.method, "exit": tr.exit, "exit_detail": tr.exit_detail, "latent_steps": tr.latent_steps,
+            "latent_positions": tr.latent_positions, "visible_ids": tr.visible_ids, "text": tr.text,
+            "steps": [{"index": s.index, "norm_ratio": s.norm_ratio, "entropy": s.entropy, "top_ids": s.top_ids.tolist(),
+                       "top_probs": s.top_probs.tolist(), "nearest_ids": None if s.nearest_ids is None else s.nearest_ids.tolist(),
+                       "superposition_n_eff": s.superposition.n_eff if s.superposition else None,
+                       "superposition_error": s.superposition.rel_error if s.superposition else None} for s in tr.steps],
+        })  # fmt: skip
+    else:
+        print(tr.table(bench.tokenizer, k=args.k))
+    if args.html:
+        from ..paths import atomic_write_text
+        from ..viz.latent import step_figures
+
+        html = "".join(f.to_html(full_html=False, include_plotlyjs="cdn" if n == 0 else False) for n, f in enumerate(step_figures(tr, bench.tokenizer)))
+        atomic_write_text(args.html, f"<html><body>{html}</body></html>\n")
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _eval(args) -> int:
+    from ..latent.eval import evaluate, table
+    from ..tasks import load_task
+
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bench = load_from_args(args)
+    methods = {}
+    for m in names:
+        if m in ("cot", "no-think", "no_think"):
+            methods[m.replace("-", "_")] = m.replace("-", "_")
+        elif m in METHODS:
+            methods[m] = make_policy(args, m, bench)
+        else:
+            raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHODS)}, cot, no-think")
+    problems = load_task(args.task, n=args.n, seed=args.seed)
+    _rows, summary = evaluate(bench, methods, problems, max_new_tokens=args.max_new_tokens, think_budget=args.think_budget, out_dir=args.out)
+    print(table(summary))
+    if args.out:
+        print(f"wrote {args.out}/results.jsonl, summary.json, summary.txt")
+    return 0
+
+
+def _inspect(args) -> int:
+    from ..latent.heads import LATENT_HEAD_FILE, PROJECTION_FILE, HeadFile, latent_head_from_tensors, projection_from_tensors
+
+    f = HeadFile.read(args.head, LATENT_HEAD_FILE if args.kind == "latent-head" else PROJECTION_FILE)
+    print(f"file    {f.path}")
+    print(f"config  {json.dumps(f.config)}")
+    n = sum(t.numel() for t in f.tensors.values())
+    print(f"tensors {len(f.tensors)} ({n / 1e6:.2f} M parameters)")
+    for k, t in sorted(f.tensors.items()):
+        print(f"  {k:60s} {list(t.shape)} {str(t.dtype).removeprefix('torch.')}")
+    bench = load_from_args(args)
+    if args.kind == "latent-head":
+        latent_head_from_tensors(bench.hf, f.tensors, f"latent head {f.path}")
+    else:
+        projection_from_tensors(f.tensors, bench.arch.d_model, f"projection head {f.path}")
+    print(f"OK: matches {bench.name} (d_model {bench.arch.d_model}, vocab {bench.arch.vocab_size})")
+    return 0
