@@ -1,0 +1,105 @@
+"""The workbench web app: one Gradio Blocks with the tabs Model, Steering, Prefix & Sinks,
+Latent reasoning and Training, over one model registry per process.
+
+    from apps.app import build_app, launch
+    launch(build_app(), host="127.0.0.1", port=7860)     # or: workbench app
+
+Every tab reads the selected model from a per-session state and takes that model's lock
+for the whole of a request (see `apps._common`), so a steered request's hooks never reach
+another request; the queue's concurrency limit bounds how many requests run at once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import gradio as gr
+
+from . import latent_tab, model_tab, sinks_tab, steering_tab, training_tab
+from ._common import AppContext, Registry
+
+TABS = (
+    ("Model", model_tab),
+    ("Steering", steering_tab),
+    ("Prefix & Sinks", sinks_tab),
+    ("Latent reasoning", latent_tab),
+    ("Training", training_tab),
+)
+DEFAULT_CONCURRENCY = 4
+
+CSS = """
+.wb-header {margin-bottom: 0.2em}
+"""
+
+
+def build_app(
+    model_name: str | None = None,
+    allowed_dirs: Sequence[str | os.PathLike] = (),
+    *,
+    registry: Registry | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> gr.Blocks:
+    """Build the app (nothing is loaded until the first request).
+
+    model_name: the model selected when a session starts (default: the embedded default).
+    allowed_dirs: folders the UI may read files from (local models, head files); saved
+        files go to the first one (else to a private temporary folder).
+    registry: share an existing `Registry` (tests, notebooks); device / dtype: for loads."""
+    import workbench as wb
+
+    ctx = AppContext.create(model_name or wb.DEFAULT_MODEL, allowed_dirs, registry, device, dtype)
+    handlers: dict[str, Any] = {}
+    with gr.Blocks(title="Latent Workbench") as demo:
+        ctx.model = gr.State(ctx.default_model)
+        ctx.vector = gr.State(None)
+        gr.Markdown(
+            "## Latent Workbench\nSteering vectors, attention sinks and latent reasoning on the shared core. "
+            f"Output folder: `{ctx.out_dir}`"
+            + (f"; readable folders: {', '.join(f'`{d}`' for d in ctx.allowed_dirs)}" if ctx.allowed_dirs else ""),
+            elem_classes="wb-header",
+        )
+        with gr.Tabs():
+            for title, mod in TABS:
+                with gr.Tab(title, id=title.lower().replace(" & ", "-").replace(" ", "-")):
+                    handlers[title] = mod.build_ui(ctx)
+        # show the default model's architecture when a page opens
+        load, choice, path, summary, layers, status = ctx.extras["model_tab_load"]
+        demo.load(handlers["Model"].load_model, [choice, path], [ctx.model, summary, layers, status], api_visibility="private")
+    demo.workbench_ctx = ctx  # type: ignore[attr-defined]
+    demo.workbench_tabs = handlers  # type: ignore[attr-defined]
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    *,
+    share: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    max_queue: int = 64,
+    block: bool = True,
+    quiet: bool = False,
+) -> Any:
+    """Queue with a concurrency limit, then serve on `host` (loopback by default). Public
+    sharing is off unless `share=True` is asked for explicitly."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=bool(share),
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        show_error=True,
+        ssr_mode=False,
+        inbrowser=False,
+        css=CSS,
+    )
+
+
+if __name__ == "__main__":  # python -m apps.app
+    launch(build_app())

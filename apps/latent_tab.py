@@ -1,0 +1,115 @@
+"""Latent reasoning tab: choose a policy (and its head file), run a prompt through the
+latent loop, and see each latent step's vocabulary readout (top tokens as bars), entropy
+and norm per step, the PCA trajectory of the latent steps next to the explicit
+chain-of-thought path of the same prompt, and both final answers (the chain of thought
+streamed as it is produced)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import gradio as gr
+
+from ._common import AppContext, allowed_path, handler, parse_int, upload_path
+
+POLICIES = ("coconut", "soft_thinking", "projection_head", "latent_head")
+NEEDS_FILE = ("projection_head", "latent_head")
+
+
+class LatentTab:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    def _head_path(self, upload: Any, path_text: str) -> str:
+        if upload not in (None, ""):
+            return str(upload_path(self.ctx, upload, suffixes=(".safetensors",), what="head file"))
+        if (path_text or "").strip():
+            return str(allowed_path(self.ctx, path_text, suffixes=(".safetensors",), what="head file", allow_dir=True))
+        raise ValueError("this policy needs a head file: upload a .safetensors file or give a path inside an allowed folder")
+
+    def policy(self, bench: Any, name: str, steps: int, upload: Any = None, path_text: str = "") -> Any:
+        from workbench import latent
+
+        if name == "coconut":
+            return latent.Coconut(steps=steps)
+        if name == "soft_thinking":
+            has_close = "</think>" in bench.tokenizer.get_vocab()
+            # without </think> the cold stop cannot end thinking: think for the fixed budget
+            return latent.SoftThinking(max_steps=steps, cold_patience=8 if has_close else 0)
+        if name == "projection_head":
+            return latent.ProjectionHead.load(self._head_path(upload, path_text), steps=steps)
+        if name == "latent_head":
+            return latent.LatentHead.load(self._head_path(upload, path_text)).with_steps(steps)
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
+
+    @handler
+    def run(
+        self, model: str, policy_name: str, prompt: str, steps: Any = 6, max_new_tokens: Any = 32, upload: Any = None,
+        path_text: str = "",
+    ) -> Iterator[tuple]:
+        """Yields (status, latent answer, CoT answer, top-token bars, entropy/norm, trajectory,
+        readout table) as the work proceeds: the latent run first, then the explicit chain of
+        thought token by token, then the joint PCA trajectory."""
+        from workbench import latent
+        from workbench.generate import generate_stream, stop_token_ids
+        from workbench.latent import readout
+        from workbench.viz import latent as vl
+
+        if not (prompt or "").strip():
+            raise ValueError("the prompt is empty")
+        n_steps = parse_int(steps, "latent steps", low=1, high=512)
+        n_new = parse_int(max_new_tokens, "max new tokens", low=1, high=1024)
+        none = gr.update()
+        with self.ctx.registry.use(model) as bench:
+            pol = self.policy(bench, policy_name, n_steps, upload, path_text)
+            yield f"running {policy_name} ({n_steps} latent steps)…", "", "", none, none, none, ""
+            trace = latent.run(bench, prompt, pol, max_new_tokens=n_new)
+            tok = bench.tokenizer
+            bars = vl.top_tokens_figure(trace, tok, k=5, source="mixture" if trace.steps and trace.steps[0].mixture_ids is not None else "next")
+            ent = vl.entropy_norm_figure(trace)
+            table = trace.table(tok)
+            status = f"{trace.method}: {trace.latent_steps} latent steps, exit {trace.exit} ({trace.exit_detail}); now the explicit chain of thought…"
+            yield status, trace.text, "", bars, ent, none, table
+            # the explicit path of the same prompt (what readout.cot_hiddens computes), streamed
+            thinking = True if "</think>" in tok.get_vocab() else None
+            stops = stop_token_ids(tok, bench.hf)
+            hs, ids = [], []
+            for st in generate_stream(bench, prompt, max_new_tokens=n_new, keep_hidden=True, enable_thinking=thinking):
+                t = int(st.tokens[0])
+                if t >= 0:
+                    hs.append(st.hidden[0].float().cpu())
+                    ids.append(t)
+                    yield status, trace.text, tok.decode([i for i in ids if i not in stops]), none, none, none, table
+            import torch
+
+            traj = readout.trajectory(bench, trace, (torch.stack(hs), ids))
+        cot_text = tok.decode([i for i in ids if i not in stops])
+        done = f"{trace.method}: {trace.latent_steps} latent steps, exit {trace.exit}; chain of thought: {len(ids)} tokens"
+        yield done, trace.text, cot_text, bars, ent, vl.trajectory_figure(traj), table
+
+
+def build_ui(ctx: AppContext) -> LatentTab:
+    tab = LatentTab(ctx)
+    gr.Markdown("Run a prompt through a latent loop: COCONUT and soft thinking need no file; a projection head "
+                "or a latent head needs its `.safetensors` file (uploaded, or in an allowed folder).")
+    with gr.Row():
+        policy = gr.Dropdown(list(POLICIES), value="coconut", label="policy")
+        steps = gr.Number(6, precision=0, label="latent steps", elem_id="latent-steps")
+        max_new = gr.Number(32, precision=0, label="max new tokens", elem_id="latent-max-new")
+    with gr.Row():
+        upload = gr.File(label="head file (.safetensors)", file_types=[".safetensors"])
+        path = gr.Textbox(label="or head file path (inside an allowed folder)")
+    prompt = gr.Textbox("What is 3 + 4 * 2?", label="prompt")
+    run_btn = gr.Button("Run", variant="primary")
+    status = gr.Markdown(elem_id="latent-status")
+    with gr.Row():
+        lat_out = gr.Textbox(label="latent answer", lines=4, elem_id="latent-answer")
+        cot_out = gr.Textbox(label="explicit chain-of-thought answer", lines=4, elem_id="latent-cot")
+    with gr.Row():
+        traj = gr.Plot(label="trajectory (PCA)", elem_id="latent-trajectory")
+        ent = gr.Plot(label="entropy and norm per step", elem_id="latent-entropy")
+    bars = gr.Plot(label="vocabulary readout per latent step", elem_id="latent-bars")
+    table = gr.Textbox(label="per-step readout", lines=8, elem_id="latent-table")
+    run_btn.click(tab.run, [ctx.model, policy, prompt, steps, max_new, upload, path],
+                  [status, lat_out, cot_out, bars, ent, traj, table], api_name="latent_run")
+    return tab

@@ -1,0 +1,29 @@
+"""`workbench app`: serve the Gradio workbench (apps/) on loopback."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("app", help="start the web app (Model, Steering, Prefix & Sinks, Latent reasoning, Training)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    p.add_argument("--model", default=None, help="model selected when a page opens (default: smollm2-135m)")
+    p.add_argument("--allow-dir", action="append", default=[], metavar="FOLDER",
+                   help="folder the app may read files from (local models, head files) and save into; repeatable")
+    p.add_argument("--concurrency", type=int, default=4, help="requests run at once (queue concurrency limit, default 4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.set_defaults(func=_app)
+
+
+def _app(args) -> int:
+    if args.port is not None and not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
+    from apps.app import build_app, launch
+
+    demo = build_app(args.model, args.allow_dir, device=args.device, dtype=args.dtype)
+    launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
+    return 0
