@@ -191,7 +191,7 @@ def stop_token_ids(tokenizer: Any, hf: Any = None) -> set[int]:
     for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
         # a direct lookup: get_vocab() builds a 248k-entry dict on the Qwen3.5 tokenizer
         i = tokenizer.convert_tokens_to_ids(t)
-        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(i) == t:
+        if isinstance(i, int) and i >= 0 and tokenizer.convert_ids_to_tokens(i) == t:
             ids.add(int(i))
     gen_cfg = getattr(hf, "generation_config", None)
     eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
