@@ -1,0 +1,58 @@
+"""Training: one shared trainer for every recipe (`loop.train`), optimizers (AdamW,
+APOLLO-Mini), atomic checkpoints with exact resume, and the recipes built on it.
+
+    from workbench import train as tr
+    cfg = tr.TrainConfig(steps=200, lora_rank=8, out_dir="runs/x")
+    model = tr.prepare_trainable(hf, cfg)
+    result = tr.train(model, examples, loss_fn, cfg, on_step=print)
+
+Recipes (`python -m workbench.train RECIPE --config cfg.json`, `workbench train RECIPE`):
+see `recipes.RECIPES`. Names load lazily (no torch import until one is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "config",
+    "parse_overrides": "config",
+    "train": "loop",
+    "prepare_trainable": "loop",
+    "trainable_parameters": "loop",
+    "StepLoss": "loop",
+    "TrainResult": "loop",
+    "TrainingDiverged": "loop",
+    "make_optimizer": "optim",
+    "optimizer_state_bytes": "optim",
+    "lr_at": "optim",
+    "read_checkpoint": "checkpoint",
+    "Checkpoint": "checkpoint",
+    "fold_ablation": "bake",
+    "fold_offset": "bake",
+    "BakeConfig": "bake",
+    "bake": "bake",
+    "bake_report": "bake",
+    "BakeReport": "bake",
+    "RECIPES": "recipes",
+}
+_SUBMODULES = {"config", "loop", "optim", "checkpoint", "bake", "recipes"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        mod = importlib.import_module(f".{name}", __name__)
+        globals()[name] = mod
+        return mod
+    raise AttributeError(f"module 'workbench.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | _SUBMODULES)

@@ -1,0 +1,109 @@
+"""Training recipes by name, and the command line shared by `python -m workbench.train`
+and `workbench train`.
+
+    python -m workbench.train bake --config bake.json --set vector=\\"vec.safetensors\\"
+    workbench train bake --set vector=\\"vec.safetensors\\" --set steps=150 --out runs/bake
+    workbench train bake ... --resume          # continue the run in --out exactly
+
+Each recipe has a config dataclass (a `TrainConfig` subclass) read from `--config` (JSON;
+unknown keys warn) with `--set KEY=VALUE` overrides (values parsed as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import TrainConfig, parse_overrides
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    help: str
+    config_class: Callable[[], type[TrainConfig]] | None  # lazy: None when not implemented
+    run: Callable[[TrainConfig, bool], dict] | None
+
+
+def _bake_config():
+    from .bake import BakeConfig
+
+    return BakeConfig
+
+
+def _run_bake(cfg, resume: bool) -> dict:
+    from ..models import load
+    from .bake import bake
+
+    if not cfg.vector:
+        raise ValueError("recipe bake needs a steering vector file: --set vector='\"path/to/vector.safetensors\"' (or in --config)")
+    bench = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    res = bake(bench, cfg.vector, cfg, resume=resume)
+    if res.report is None:
+        return {"status": res.train.status, "step": res.train.step, "checkpoint": str(res.train.checkpoint)}
+    print(res.report.summary())
+    return {"status": "done", "model_dir": str(res.model_dir), **res.report.to_dict()}
+
+
+RECIPES: dict[str, Recipe] = {
+    "bake": Recipe("bake", "bake a steering vector into the weights (distillation, or an exact fold with mode=\"fold\")", _bake_config, _run_bake),
+    "coconut": Recipe("coconut", "COCONUT curriculum: stage k replaces k reasoning steps with k x c latent thoughts", None, None),
+    "projection-head": Recipe("projection-head", "CODI/QThink projection head: match the teacher's hidden state at the answer", None, None),
+    "latent-head": Recipe("latent-head", "latent head (latent_head.safetensors) on a frozen base", None, None),
+    "pause": Recipe("pause", "pause tokens: learnable embeddings prepended, UPFT prefix-only loss", None, None),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    lines = "\n".join(f"  {r.name:<16} {r.help}{'' if r.run else '  [not implemented yet]'}" for r in RECIPES.values())
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = (p.description or "Train with the shared trainer.") + "\n\nrecipes:\n" + lines
+    p.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help="one of: " + ", ".join(RECIPES))
+    p.add_argument("--config", help="JSON file with the recipe's config (unknown keys warn)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (value as JSON); repeatable")
+    p.add_argument("--out", help="output folder (config field out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    recipe = RECIPES[args.recipe]
+    if recipe.run is None:
+        raise ValueError(f"recipe {args.recipe!r} is not implemented yet (available now: {', '.join(n for n, r in RECIPES.items() if r.run)})")
+    cls = recipe.config_class()
+    data: dict[str, Any] = {}
+    if args.config:
+        data = json.loads(cls.load(args.config).to_json())
+    data.update(parse_overrides(args.set))
+    if args.out:
+        data["out_dir"] = args.out
+    data["recipe"] = args.recipe
+    return cls.from_dict(data, source=args.config or "--set")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(cfg.to_json(), end="")
+        return 0
+    result = RECIPES[args.recipe].run(cfg, bool(args.resume))
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m workbench.train", description="Train with the shared trainer.")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"workbench.train {args.recipe}: error: {e}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["Recipe", "RECIPES", "add_arguments", "resolve_config", "run", "main"]
