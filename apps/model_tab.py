@@ -8,7 +8,6 @@ from typing import Any, Iterator
 import gradio as gr
 
 from ._common import (
-    LOCAL_PATH,
     AppContext,
     handler,
     md_table,

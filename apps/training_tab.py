@@ -5,7 +5,6 @@ callback, cancel, resume, and the baked model loaded back as a model for the oth
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Iterator
 
 import gradio as gr

@@ -126,9 +126,9 @@ def capture(
 ):
     """Residuals at `layers` for prefixed prompts, through the one trace (`trace_batch`);
     the same `Activations` as `workbench.capture` (position indices count prefix positions)."""
-    from .trace import Activations, _check_layers, _check_positions, trace_batch
+    from .trace import Activations, _check_positions, check_layers, trace_batch
 
-    layer_list = _check_layers(bench, layers)
+    layer_list = check_layers(bench, layers)
     positions = _check_positions(positions)
     batch = prefixed_batch(bench, prompts, prefix, chat=chat)
     data, logits = trace_batch(bench, batch, layer_list, positions, edits, want_logits)

@@ -33,7 +33,6 @@ matrix kept); it refuses prompts whose matrices would not fit in memory.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from contextlib import contextmanager

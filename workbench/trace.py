@@ -68,7 +68,8 @@ def _layers_envoy(bench) -> Any:
     raise ValueError("decoder layers not found in the nnsight model")
 
 
-def _check_layers(bench, layers) -> list[int]:
+def check_layers(bench: Any, layers: int | Sequence[int] | None) -> list[int]:
+    """Validated, sorted, de-duplicated layer indices (None: every block)."""
     if layers is None:
         return list(range(bench.arch.n_layers))
     if isinstance(layers, int):
@@ -175,7 +176,7 @@ def capture(
     as a user turn). Runs in chunks of `batch_size` prompts, one trace per chunk with every
     layer read in it; returns float32 tensors on the CPU.
     """
-    layer_list = _check_layers(bench, layers)
+    layer_list = check_layers(bench, layers)
     positions = _check_positions(positions)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -226,7 +227,7 @@ def run_with_edits(
     bench: Any, prompts: str | Sequence[str], edits: Sequence[Any], layers: Sequence[int] = (), *, chat: bool = False
 ) -> Activations:
     """Forward `prompts` with `edits` applied; last-position logits plus any `layers`."""
-    layer_list = _check_layers(bench, layers) if layers else []
+    layer_list = check_layers(bench, layers) if layers else []
     batch = encode(bench, prompts, chat=chat)
     data, logits = trace_batch(bench, batch, layer_list, "last", edits, want_logits=True)
     return Activations(data, "last", batch.input_ids, batch.attention_mask, batch.lengths, logits)

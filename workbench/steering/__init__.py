@@ -13,8 +13,8 @@ attribute to the module, so both are bound here once (this imports torch, never 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
+
 
 _EXPORTS = {
     # extraction
@@ -68,17 +68,4 @@ _SUBMODULES = {"extract", "methods", "metrics", "vector", "apply"}
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        mod = importlib.import_module(f".{name}", __name__)
-        globals()[name] = mod
-        return mod
-    raise AttributeError(f"module 'workbench.steering' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, set(_SUBMODULES))

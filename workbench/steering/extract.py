@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor
 
+from ..trace import check_layers
 from .methods import Method, get_method, mean_diff
 from .metrics import LayerQuality, SweepResult, layer_quality, split_pairs
 from .vector import SteeringVector, creation_metadata
@@ -131,17 +131,6 @@ def position_label(position: Position) -> str:
         return ":".join(parts)
     return str(p)
 
-
-def check_layers(bench: Any, layers: int | Sequence[int] | None) -> list[int]:
-    """Validated, sorted, de-duplicated layer indices (None: every block)."""
-    if layers is None:
-        return list(range(bench.arch.n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise ValueError(f"layers is empty; valid layers are 0..{bench.arch.n_layers - 1}")
-    return sorted({bench.arch.check_layer(layer) for layer in layers})
 
 
 def capture_pairs(

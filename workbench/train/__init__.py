@@ -12,8 +12,8 @@ see `recipes.RECIPES`. Names load lazily (no torch import until one is used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
+
 
 _EXPORTS = {
     "TrainConfig": "config",
@@ -42,17 +42,4 @@ _SUBMODULES = {"config", "loop", "optim", "checkpoint", "bake", "recipes"}
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        mod = importlib.import_module(f".{name}", __name__)
-        globals()[name] = mod
-        return mod
-    raise AttributeError(f"module 'workbench.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, set(_SUBMODULES))
