@@ -17,7 +17,7 @@ TIMEOUT_S = 900  # per cell, on a busy 2-core CPU
 
 def test_there_are_notebooks():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_steering_vectors", "03_prefix_and_sinks", "04_latent_reasoning"} <= names
+    assert {"01_quickstart", "02_steering_vectors", "03_prefix_and_sinks", "04_latent_reasoning", "05_baking_vectors"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -27,3 +27,20 @@ def lazy_exports(package: str, exports: dict[str, str], submodules: set[str]) ->
         return sorted(set(exports) | set(submodules))
 
     return __getattr__, __dir__
+
+
+def callable_module(module_name: str, fn_name: str) -> None:
+    """Make module `module_name` callable as its function `fn_name`.
+
+    For a public function that shares its name with the submodule defining it
+    (`workbench.generate`, `workbench.train.bake`): importing the submodule makes Python
+    bind the module as the package attribute, shadowing the function. A callable module
+    keeps `package.fn(...)` working whichever happened first."""
+    mod = sys.modules[module_name]
+
+    class _CallableModule(type(mod)):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self, fn_name)(*args, **kwargs)
+
+    _CallableModule.__name__ = f"CallableModule[{fn_name}]"
+    mod.__class__ = _CallableModule

@@ -10,14 +10,13 @@ per forward. Temperature 0 is greedy and deterministic; a seed makes sampling re
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
+from ._lazy import callable_module
 from .edits import apply_edits
 from .inputs import as_prompt_list, check_context, positions_from_mask, token_ids
 
@@ -437,14 +436,4 @@ def generate(bench: Any, prompt: str | Sequence[str], *, max_new_tokens: int = 6
     return res.texts[0] if isinstance(prompt, str) else res.texts
 
 
-class _CallableModule(types.ModuleType):
-    """`workbench.generate` is both this module and the public function: importing the
-    submodule (`from workbench.generate import generate_stream`) makes Python bind the
-    module as the package attribute, shadowing the function. Making the module callable
-    keeps `workbench.generate(bench, prompt, ...)` working whichever happened first."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> str | list[str]:
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "generate")

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._lazy import callable_module
 from ..arch import decoder_layers, text_config
 from ..edits import AddVector, Ablate, apply_edits
 from ..inputs import pad_left
@@ -532,3 +533,6 @@ __all__ = [
     "BakeResult",
     "bake",
 ]
+
+
+callable_module(__name__, "bake")
