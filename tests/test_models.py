@@ -199,3 +199,23 @@ def test_manifest_hashes_rewritten_files_even_with_same_size(tmp_path):
 
 def json_mtime(folder):
     return json.loads((folder / models.MANIFEST).read_text())["files"]["w.bin"]["mtime_ns"]
+
+
+def test_cached_tokenizer_equals_autotokenizer(smol):
+    """The fast path that builds the tokenizer from the cache files gives what
+    AutoTokenizer.from_pretrained gives on the same folder."""
+    from transformers import AutoTokenizer
+
+    folder = models.workbench_cache_dir() / "smollm2-135m-v1"
+    ref = AutoTokenizer.from_pretrained(folder)
+    ours = models.cached_tokenizer(folder)
+    texts = ["Hello world!", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n", "ünïcödé  \t spaces\n\n", "def f(x):\n    return x ** 2"]
+    for t in texts:
+        assert ours(t)["input_ids"] == ref(t)["input_ids"]
+    msgs = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == ref.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True
+    )
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(ours, attr) == getattr(ref, attr), attr
+    assert len(ours) == len(ref)
