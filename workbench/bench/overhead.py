@@ -32,14 +32,16 @@ def run(args) -> dict:
     all_layers = list(range(a.n_layers))
     hf = bench.hf
 
+    # Every variant computes last-position logits only (`logits_to_keep=1`), as the
+    # workbench's traces do, so the ratios measure nnsight and hooks, not the LM head.
     @torch.no_grad()
     def plain():
-        return hf(**batch.model_kwargs()).logits
+        return hf(**batch.model_kwargs(), logits_to_keep=1).logits
 
     @torch.no_grad()
     def hooked_steer():
         with apply_edits(hf, [edit]):
-            return hf(**batch.model_kwargs()).logits
+            return hf(**batch.model_kwargs(), logits_to_keep=1).logits
 
     fns = {
         "plain_hf_forward": plain,
