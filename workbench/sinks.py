@@ -50,6 +50,20 @@ CHUNK_BYTES = 64 * 2**20
 # --------------------------------------------------------------------------- pure metrics
 
 
+
+def _forward_one(bench: Any, embeds: Tensor) -> None:
+    """One uncached forward of a single unpadded prompt's embeddings [1, T, d] (the
+    attention hooks and functions installed around it do the recording)."""
+    from .generate import base_model
+
+    T = embeds.shape[1]
+    base_model(bench.hf)(
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(1, T, dtype=torch.long, device=embeds.device),
+        position_ids=torch.arange(T, device=embeds.device)[None],
+        use_cache=False,
+    )
+
 def check_eps(eps: float) -> float:
     """eps as a float in the open interval (0, 1), or a ValueError."""
     try:
@@ -427,7 +441,6 @@ def inspect(
     ratio = torch.full((P, L, k), nan)
     n_tokens = torch.zeros(P, dtype=torch.long)
     _register()
-    from .generate import base_model
 
     it = range(P)
     if progress:
@@ -443,12 +456,7 @@ def inspect(
         _STATE.recorder = rec
         try:
             with attention_implementation(bench.hf, ATTN_IMPL), _residual_norms(bench, norms):
-                base_model(bench.hf)(
-                    inputs_embeds=embeds,
-                    attention_mask=torch.ones(1, T, dtype=torch.long, device=embeds.device),
-                    position_ids=torch.arange(T, device=embeds.device)[None],
-                    use_cache=False,
-                )
+                _forward_one(bench, embeds)
         finally:
             _STATE.recorder = None
         missing = sorted(set(layer_of.values()) - set(rec.colsum))
@@ -532,7 +540,6 @@ def attention_patterns(
             "use workbench.sinks.inspect (bounded memory) or a shorter prompt"
         )
     from .arch import decoder_layers
-    from .generate import base_model
 
     out: dict[int, Tensor] = {}
     handles = []
@@ -548,12 +555,7 @@ def attention_patterns(
         handles.append(blocks[l].self_attn.register_forward_hook(hook))
     try:
         with attention_implementation(bench.hf, "eager"):
-            base_model(bench.hf)(
-                inputs_embeds=embeds,
-                attention_mask=torch.ones(1, T, dtype=torch.long, device=embeds.device),
-                position_ids=torch.arange(T, device=embeds.device)[None],
-                use_cache=False,
-            )
+            _forward_one(bench, embeds)
     finally:
         for h in handles:
             h.remove()
