@@ -169,13 +169,14 @@ def _feasible_ops(v: int, r: dict) -> dict[str, list[int]]:
     add = [k for k in range(lo, hi + 1) if v + k <= cap]
     if add:
         ops["add"] = add
-    sub = [k for k in range(lo, hi + 1) if k < v]  # result stays >= 1
+    sub = [k for k in range(lo, hi + 1) if k < v - 1]  # result stays >= 2 (see div)
     if sub:
         ops["sub"] = sub
     mul = [k for k in range(r["mul"][0], r["mul"][1] + 1) if v * k <= cap]
     if mul:
         ops["mul"] = mul
-    div = [k for k in range(r["div"][0], r["div"][1] + 1) if v % k == 0 and v // k >= 1]
+    # quotient >= 2: dividing a value by itself would make "1" a large share of all answers
+    div = [k for k in range(r["div"][0], r["div"][1] + 1) if v % k == 0 and v // k >= 2]
     if div:
         ops["div"] = div
     return ops
@@ -207,9 +208,9 @@ def _make_problem(rng: random.Random, steps: int, digits: int, pid: str, extra_m
     for _ in range(steps):
         ops = _feasible_ops(v, r)
         # prefer variety: avoid repeating the same operation twice in a row when possible,
-        # and prefer division when it is available (it is the rarest feasible op).
+        # and lean a little towards division when it is available (it is the rarest feasible op).
         names = [o for o in ops if o != prev_op] or list(ops)
-        weights = [3.0 if o == "div" else 1.0 for o in names]
+        weights = [1.5 if o == "div" else 1.0 for o in names]
         op = rng.choices(names, weights=weights)[0]
         k = rng.choice(ops[op])
         new = _apply(op, v, k)
@@ -243,7 +244,8 @@ def arithmetic_problems(
     ``steps`` is the number of operations (1..8) or an inclusive ``(lo, hi)``
     range sampled per problem; ``digits`` (1 or 2; 3 also accepted) sets the
     operand size.  ``level`` (a key of :func:`difficulty_levels`) overrides both.
-    All intermediate values are positive integers (no division with remainder).
+    All intermediate values are integers >= 2 (no division with remainder, no
+    quotient of 1, so no answer value dominates).
     Deterministic: problem ``i`` depends only on ``(seed, steps, digits, i)``, so
     ``arithmetic_problems(10)[:5] == arithmetic_problems(5)``.
     """
