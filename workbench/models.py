@@ -9,6 +9,9 @@ Embedded models (no download, ever):
   with a sha256 manifest; later loads read the cache, and a corrupt cache is rebuilt.
 - ``"qwen3.5-tiny"``: a small random-initialised ``Qwen3_5ForCausalLM`` (hybrid: three Gated
   DeltaNet blocks then one full-attention block, twice) with the real Qwen3.5 tokenizer.
+- ``"qwen3.5-micro"``: a Qwen3.5-architecture micro model trained from scratch by the
+  workbench's own trainer on multi-step arithmetic with ``<think>`` chains of thought
+  (``workbench.train.micro``): trained once per machine on first use, then cached.
 - ``"qwen3.5-27b-random"``: the Qwen3.5-27B shape with random weights, for GPU benchmarks.
   ``load(..., device="meta")`` builds it without memory for shape checks.
 
@@ -437,6 +440,23 @@ def _qwen35_tiny(dev: torch.device, dt: torch.dtype):
     from .tokenizers import qwen35_tokenizer
 
     return build_qwen35(qwen35_config("tiny"), dev, dt, seed=0), qwen35_tokenizer(), "random-init:qwen3.5-tiny(seed 0)"
+
+
+@register(
+    "qwen3.5-micro",
+    "Qwen3.5-architecture micro model (4 hybrid layers, d_model 128) trained from scratch on multi-step arithmetic with <think> chains; "
+    "trained once per machine on first use (about 15 minutes on 2 CPU cores), then cached",
+)
+def _qwen35_micro(dev: torch.device, dt: torch.dtype):
+    from transformers import Qwen3_5ForCausalLM
+
+    from .tokenizers import qwen35_tokenizer
+    from .train.micro import micro_model_dir
+
+    folder = micro_model_dir()
+    hf = Qwen3_5ForCausalLM.from_pretrained(folder, dtype=dt)
+    hf.to(dev)
+    return hf, qwen35_tokenizer(), f"trained:{folder.name}"
 
 
 @register("qwen3.5-27b-random", "Qwen3.5-27B shape (64 layers, d_model 5120) with random weights: GPU benchmarks only")

@@ -1,0 +1,334 @@
+"""The Qwen3.5 micro model: a `Qwen3_5ForCausalLM` with the full Qwen3.5 tokenizer, trained
+from scratch by the shared trainer on the built-in multi-step arithmetic task with
+`<think>...</think>` chains of thought (and a share of direct, no-thinking answers).
+
+    workbench train micro                 # train it once on this machine (the cache)
+    workbench.load("qwen3.5-micro")       # the same: trains on first use, then loads
+
+Design, so that it trains in minutes on a 2-core CPU:
+
+* Small and hybrid: d_model 128, four blocks alternating Gated DeltaNet and full
+  attention (the Qwen3.5 classes; the 3:1 ratio of the big models is a config choice, and
+  at four blocks two attention layers copy operands more reliably), tied embeddings.
+* Loss only where needed: next-token loss on the answer side (steps, `</think>`, answer),
+  never on the prompt.
+* A compact vocabulary while training: the model is trained over the few hundred token
+  ids the task uses; every other row of the 248,320-row tied embedding is exactly zero.
+  A zero row's logit is exactly 0, so the full-vocabulary cross-entropy is
+  `logsumexp([compact logits, log(V - U)]) - target logit` (`arith.restricted_ce`):
+  the loss we optimise *is* the full-vocabulary loss of the saved model, at the cost of U
+  logits instead of 248k. Saving scatters the compact rows into the full matrix; the
+  result is a stock Qwen3.5 checkpoint (`from_pretrained` loads it) whose logits equal the
+  compact model's on the used ids and are 0 elsewhere (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..paths import atomic_write_text, workbench_cache_dir
+from .arith import EVAL_SETS, Encoded, encode_problems, eval_problems, pad_right, restricted_ce, training_problems
+from .config import TrainConfig
+from .loop import StepLoss, prepare_trainable, train
+
+CACHE_KEY = "qwen3.5-micro-v1"
+MODEL_NAME = "qwen3.5-micro"
+INFO_FILE = "micro.json"
+
+
+@dataclass
+class MicroConfig(TrainConfig):
+    """Options of the micro model (shape, data) on top of the trainer's.
+
+    out_dir "" means the machine cache that `load("qwen3.5-micro")` reads; anything else
+    trains there and writes the model to `<out_dir>/model`."""
+
+    recipe: str = "micro"
+    model: str = MODEL_NAME
+    out_dir: str = ""
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    layer_types: list[str] = field(default_factory=lambda: ["linear_attention", "full_attention", "linear_attention", "full_attention"])
+    num_heads: int = 4
+    n_train: int = 24000
+    min_reasoning_steps: int = 1
+    max_reasoning_steps: int = 4
+    digits: int = 1
+    direct_fraction: float = 0.25
+    eval_n: int = 48
+    steps: int = 1400
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    train_modules: list[str] = field(default_factory=lambda: ["."])
+    ckpt_every: int = 200
+    eval_every: int = 200
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lora_rank:
+            raise ValueError("the micro model is trained from scratch: lora_rank must be 0")
+        bad = [t for t in self.layer_types if t not in ("linear_attention", "full_attention")]
+        if bad or not self.layer_types:
+            raise ValueError(f"layer_types must be a non-empty list of 'linear_attention' / 'full_attention', got {self.layer_types!r}")
+        if self.hidden_size % self.num_heads or self.hidden_size < 8:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
+            raise ValueError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
+        if not 0.0 <= self.direct_fraction <= 1.0:
+            raise ValueError(f"direct_fraction must be in [0, 1], got {self.direct_fraction}")
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+
+
+def shape_kwargs(cfg: MicroConfig) -> dict[str, Any]:
+    d, h = cfg.hidden_size, cfg.num_heads
+    return dict(
+        hidden_size=d, intermediate_size=cfg.intermediate_size, num_hidden_layers=len(cfg.layer_types), layer_types=list(cfg.layer_types),
+        num_attention_heads=h, num_key_value_heads=max(1, h // 2), head_dim=d // h, linear_num_key_heads=h, linear_num_value_heads=h,
+        linear_key_head_dim=d // h, linear_value_head_dim=d // h, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class MicroData:
+    vocab: Tensor  # [U] sorted full-vocabulary ids the task uses
+    examples: list[tuple[Tensor, int]]  # (compact ids, n_prompt)
+    eval_sets: dict[str, list[Encoded]]
+
+
+def build_data(tokenizer: Any, cfg: MicroConfig) -> MicroData:
+    problems = training_problems(cfg.n_train, cfg.min_reasoning_steps, cfg.max_reasoning_steps, cfg.digits, seed=1000 + cfg.seed)
+    enc = encode_problems(tokenizer, problems)
+    rng = random.Random(f"micro-direct:{cfg.seed}")
+    rows = [e.direct() if rng.random() < cfg.direct_fraction else e.cot() for e in enc]
+    evals = {name: encode_problems(tokenizer, eval_problems(name, cfg.eval_n)) for name in EVAL_SETS}
+    used: set[int] = set()
+    for ids, _ in rows:
+        used.update(ids)
+    for es in evals.values():  # held-out prompts are inputs too; their words come from the same templates
+        for e in es:
+            used.update(e.prompt)
+            used.update(e.prompt_direct)
+    vocab = torch.tensor(sorted(used), dtype=torch.long)
+    lookup = {int(t): i for i, t in enumerate(vocab)}
+    examples = [(torch.tensor([lookup[t] for t in ids], dtype=torch.long), n) for ids, n in rows]
+    return MicroData(vocab, examples, evals)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def compact_model(cfg: MicroConfig, vocab_size: int):
+    from transformers import Qwen3_5ForCausalLM
+
+    from ..models import qwen35_config
+
+    c = qwen35_config("tiny", vocab_size=vocab_size, pad_token_id=None, eos_token_id=None, **shape_kwargs(cfg))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return Qwen3_5ForCausalLM(c)
+
+
+def expand(compact: torch.nn.Module, vocab: Tensor, cfg: MicroConfig):
+    """The full-vocabulary model: compact rows scattered into a zero 248,320-row tied
+    embedding, every other weight copied."""
+    from transformers import Qwen3_5ForCausalLM
+
+    from ..models import qwen35_config
+
+    full_cfg = qwen35_config("tiny", **shape_kwargs(cfg))
+    full = Qwen3_5ForCausalLM(full_cfg)
+    sd = {k: v.detach().clone() for k, v in compact.state_dict().items() if k != "lm_head.weight"}
+    emb = torch.zeros(full_cfg.vocab_size, cfg.hidden_size, dtype=sd["model.embed_tokens.weight"].dtype)
+    emb[vocab] = sd["model.embed_tokens.weight"]
+    sd["model.embed_tokens.weight"] = emb
+    missing, unexpected = full.load_state_dict(sd, strict=False)
+    if [m for m in missing if m != "lm_head.weight"] or unexpected:  # pragma: no cover - same architecture by construction
+        raise RuntimeError(f"expand: missing {missing}, unexpected {unexpected}")
+    full.tie_weights()
+    return full.eval()
+
+
+# --------------------------------------------------------------------------- loss and eval
+
+
+def micro_loss(n_zero: int):
+    def loss_fn(model, batch: list[tuple[Tensor, int]]) -> StepLoss:
+        ids, mask = pad_right([b[0].tolist() for b in batch])
+        target = mask.clone()
+        for i, (_, n_prompt) in enumerate(batch):
+            target[i, :n_prompt] = False
+        h = model.model(input_ids=ids).last_hidden_state  # right padding: causal, no mask needed
+        sel = target[:, 1:]
+        loss = restricted_ce(h[:, :-1][sel], ids[:, 1:][sel], model.get_output_embeddings().weight, n_zero)
+        return StepLoss(loss, tokens=int(mask.sum()), metrics={"target_tokens": float(sel.sum())})
+
+    return loss_fn
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, encoded: list[Encoded], vocab: Tensor | None = None, direct: bool = False, max_new_tokens: int = 64, batch: int = 64) -> float:
+    """Greedy accuracy of `model` (compact when `vocab` maps its ids to the full ones) on
+    encoded problems, with thinking (CoT) or direct answers."""
+    from ..tasks import extract_answer, is_correct
+
+    lookup = None
+    if vocab is not None:
+        lookup = {int(t): i for i, t in enumerate(vocab)}
+    end_full = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = lookup[end_full] if lookup is not None else end_full
+    correct = 0
+    for s in range(0, len(encoded), batch):
+        chunk = encoded[s : s + batch]
+        rows = [e.prompt_direct if direct else e.prompt for e in chunk]
+        if lookup is not None:
+            rows = [[lookup.get(t, 0) for t in r] for r in rows]
+        T = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), T, dtype=torch.long)
+        att = torch.zeros(len(rows), T, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, T - len(r) :] = torch.tensor(r)
+            att[i, T - len(r) :] = 1
+        out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end, pad_token_id=end)
+        for i, e in enumerate(chunk):
+            gen = out[i, T:].tolist()
+            if vocab is not None:
+                gen = [int(vocab[t]) for t in gen]
+            text = tokenizer.decode([t for t in gen if t != end_full], skip_special_tokens=False)
+            correct += bool(is_correct(extract_answer(text), e.problem.answer))
+    return correct / max(1, len(encoded))
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def default_run_dir() -> Path:
+    return workbench_cache_dir() / f"{CACHE_KEY}.run"
+
+
+def train_micro(cfg: MicroConfig, *, resume: bool = False, on_step=None, cancel=None) -> tuple[Any, dict[str, Any]]:
+    """Train the micro model with `cfg` (checkpoints and metrics in `cfg.out_dir`).
+    Returns (full-vocabulary model or None when cancelled, info dict with the held-out
+    greedy accuracies)."""
+    from ..tokenizers import qwen35_tokenizer
+
+    tok = qwen35_tokenizer()
+    t0 = time.perf_counter()
+    data = build_data(tok, cfg)
+    model = compact_model(cfg, len(data.vocab))
+    n_zero = int(tok_vocab_size()) - len(data.vocab)
+    model = prepare_trainable(model, cfg)
+    first_set = next(iter(data.eval_sets))
+
+    def eval_fn(m):
+        return {"cot_acc_" + first_set.replace(" ", ""): greedy_accuracy(m, tok, data.eval_sets[first_set], data.vocab)}
+
+    res = train(model, data.examples, micro_loss(n_zero), cfg, eval_fn=eval_fn, on_step=on_step, cancel=cancel, resume=resume)
+    if res.status != "done":
+        return None, {"status": res.status, "step": res.step}
+    model.eval()
+    full = expand(model, data.vocab, cfg)
+    info: dict[str, Any] = {
+        "status": "done",
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "steps": res.step,
+        "final_loss": res.final_loss,
+        "compact_vocab": len(data.vocab),
+        "parameters_non_embedding": sum(p.numel() for n, p in full.named_parameters() if "embed_tokens" not in n),
+        "config": cfg.to_dict(),
+        "eval": {},
+    }
+    for name, es in data.eval_sets.items():
+        info["eval"][name] = {
+            "cot": greedy_accuracy(full, tok, es),
+            "direct": greedy_accuracy(full, tok, es, direct=True, max_new_tokens=12),
+        }
+    info["metrics_path"] = str(res.metrics_path)
+    return full, info
+
+
+def save_micro(full, info: dict[str, Any], folder: Path) -> None:
+    """Write the model (stock `save_pretrained` layout), the tokenizer, `micro.json` and the
+    training metrics into `folder` (the caller makes it atomic)."""
+    from ..tokenizers import qwen35_tokenizer
+
+    folder = Path(folder)
+    full.save_pretrained(folder)
+    qwen35_tokenizer().save_pretrained(folder)
+    metrics = Path(info.get("metrics_path", ""))
+    if metrics.is_file():
+        atomic_write_text(folder / "metrics.jsonl", metrics.read_text())
+    atomic_write_text(folder / INFO_FILE, json.dumps({k: v for k, v in info.items() if k != "metrics_path"}, indent=1, default=str) + "\n")
+
+
+def tok_vocab_size() -> int:
+    from ..models import qwen35_config
+
+    return int(qwen35_config("tiny").vocab_size)
+
+
+def micro_model_dir(cfg: MicroConfig | None = None) -> Path:
+    """The cached micro model, trained on first use (resuming an interrupted training run)."""
+    from ..models import cached_build, verify_manifest
+
+    folder = workbench_cache_dir() / CACHE_KEY
+    if folder.exists() and verify_manifest(folder) is None:
+        return folder
+    cfg = cfg or MicroConfig()
+    run_dir = default_run_dir()
+    cfg = cfg.replace(out_dir=str(run_dir))
+    resume = (run_dir / "checkpoint").exists()
+    print(
+        f"[workbench] training {MODEL_NAME} once on this machine ({cfg.steps} steps; about 15 minutes on 2 CPU cores)"
+        + (f", resuming {run_dir}" if resume else "") + "; later loads read the cache",
+        file=sys.stderr,
+    )  # fmt: skip
+
+    def build(tmp: Path) -> None:
+        full, info = train_micro(cfg, resume=resume)
+        if full is None:
+            raise RuntimeError(f"micro model training stopped ({info}); run `workbench train micro` to continue it")
+        save_micro(full, info, tmp)
+
+    out = cached_build(CACHE_KEY, build, {"source": "workbench train micro", "config": cfg.to_dict()})
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def run_recipe(cfg: MicroConfig, resume: bool) -> dict:
+    """`workbench train micro`: without --out, the machine cache; with it, `<out>/model`."""
+    from ..paths import atomic_dir
+
+    if not cfg.out_dir:
+        folder = micro_model_dir(cfg)
+        info = json.loads((folder / INFO_FILE).read_text())
+        return {"model_dir": str(folder), **{k: info.get(k) for k in ("train_seconds", "steps", "final_loss", "eval")}}
+    full, info = train_micro(cfg, resume=resume)
+    if full is None:
+        return info
+    target = Path(cfg.out_dir) / "model"
+    with atomic_dir(target) as tmp:
+        save_micro(full, info, Path(tmp))
+    return {"model_dir": str(target), **{k: v for k, v in info.items() if k != "config"}}
+
+
+__all__ = ["MicroConfig", "train_micro", "micro_model_dir", "expand", "compact_model", "build_data", "greedy_accuracy", "CACHE_KEY", "MODEL_NAME"]
