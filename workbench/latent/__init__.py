@@ -7,15 +7,18 @@ step holds.
 
 Policies: `Coconut(steps, begin, end, stop)`, `ProjectionHead.load(path)`,
 `LatentHead.load(path, think_close_token_id=..., max_internal_tokens=..., chunk_size=...)`,
-`SoftThinking(max_steps, temperature, top_k, top_p, min_p, cold_entropy, cold_patience)`.
+`SoftThinking(max_steps, temperature, top_k, top_p, min_p, cold_entropy, cold_patience)`,
+`PauseTokens.load(path)`; `load_policy(folder)` reads what a training recipe saved.
 Readouts: `workbench.latent.readout`; evaluation: `workbench.latent.eval`.
 """
 
-from .engine import LatentStep, LatentTrace, Superposition, fed_embeddings, run
-from .policies import Coconut, LatentHead, ProjectionHead, SoftThinking
+from .engine import LatentStep, LatentTrace, LatentUpdate, Superposition, fed_embeddings, run, run_stream
+from .policies import Coconut, LatentHead, PauseTokens, ProjectionHead, SoftThinking, load_policy
 
 __all__ = [
     "run",
+    "run_stream",
+    "LatentUpdate",
     "LatentTrace",
     "LatentStep",
     "Superposition",
@@ -24,4 +27,6 @@ __all__ = [
     "ProjectionHead",
     "LatentHead",
     "SoftThinking",
+    "PauseTokens",
+    "load_policy",
 ]

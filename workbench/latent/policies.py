@@ -524,3 +524,92 @@ class _SoftRunner(Runner):
             "mix_support": (probs > 0).sum(-1).cpu(),
             "mix_entropy": (-(probs * probs.clamp_min(1e-30).log()).sum(-1)).float().cpu(),
         }
+
+
+# --------------------------------------------------------------------------- pause tokens
+
+PAUSE_FILE = "pause_tokens.safetensors"
+
+
+@dataclass(frozen=True, eq=False)
+class PauseTokens:
+    """Learned pause embeddings (`pause_embeds` [m, d]) fed right after the prompt, one
+    per position; then ordinary decoding continues (the model writes its chain of thought
+    and answer itself). Trained by the `pause` recipe (UPFT prefix-only loss)."""
+
+    tensors: dict
+    path: str = ""
+    name = "pause"
+
+    @staticmethod
+    def load(path: str) -> "PauseTokens":
+        f = HeadFile.read(path, PAUSE_FILE)
+        return PauseTokens(f.tensors, path=f.path)
+
+    @property
+    def count(self) -> int:
+        t = self.tensors.get("pause_embeds")
+        return int(t.shape[0]) if t is not None and t.ndim == 2 else 0
+
+    def with_steps(self, steps: int) -> "PauseTokens":
+        _positive_int(steps, "pause steps")
+        if steps > self.count:
+            raise ValueError(f"this pause file holds {self.count} pause embeddings; cannot feed {steps}")
+        return dataclasses.replace(self, tensors={"pause_embeds": self.tensors["pause_embeds"][:steps]})
+
+    def bind(self, bench: Any, batch_size: int) -> Runner:
+        from .heads import check_state
+
+        d = bench.arch.d_model
+        t = self.tensors.get("pause_embeds")
+        m = int(t.shape[0]) if t is not None and t.ndim == 2 else 1
+        check_state(self.tensors, {"pause_embeds": (m, d)}, f"pause tokens {self.path or '(tensors)'}")
+        p = next(bench.hf.parameters())
+        r = _PauseRunner(bench, batch_size, max_positions=m)
+        r.embeds = self.tensors["pause_embeds"].to(device=p.device, dtype=p.dtype)
+        return r
+
+
+class _PauseRunner(Runner):
+    method = "pause"
+    embeds: Tensor
+
+    def compute(self, state, need):
+        idx = torch.tensor([min(n, len(self.embeds) - 1) for n in self.n_steps], device=self.embeds.device)
+        return self.embeds[idx], {}
+
+
+# --------------------------------------------------------------------------- trained folders
+
+POLICY_FILE = "latent_policy.json"
+
+
+def load_policy(folder: str) -> tuple[Any, str]:
+    """The latent policy a training recipe saved in `folder` (its `latent_policy.json`)
+    and the model it runs on (a model folder or a registry name). Returns (spec, model)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder).expanduser()
+    cfg_path = path / POLICY_FILE if path.is_dir() else path
+    if not cfg_path.is_file():
+        raise ValueError(f"{str(folder)!r} has no {POLICY_FILE}; it is not the output of a workbench latent training recipe")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    base = cfg_path.parent
+    method = cfg.get("method")
+    model = cfg.get("model", "")
+    model = str(base / model) if model and (base / model).exists() else model
+    if method == "coconut":
+        spec: Any = Coconut(steps=int(cfg["steps"]), begin=cfg.get("begin"), end=cfg.get("end"), stop=cfg.get("stop"))
+    elif method == "projection":
+        spec = ProjectionHead.load(str(base / cfg.get("head", PROJECTION_FILE)), steps=int(cfg["steps"]), end=cfg.get("end"))
+    elif method == "latent_head":
+        spec = LatentHead.load(str(base / cfg.get("head", LATENT_HEAD_FILE)))
+    elif method == "pause":
+        spec = PauseTokens.load(str(base / cfg.get("head", PAUSE_FILE)))
+    else:
+        raise ValueError(f"{cfg_path}: unknown method {method!r}; expected coconut, projection, latent_head or pause")
+    return spec, model

@@ -47,12 +47,43 @@ def _run_bake(cfg, resume: bool) -> dict:
     return {"status": "done", "model_dir": str(res.model_dir), **res.report.to_dict()}
 
 
+def _micro_config():
+    from .micro import MicroConfig
+
+    return MicroConfig
+
+
+def _run_micro(cfg, resume: bool) -> dict:
+    from .micro import run_recipe
+
+    return run_recipe(cfg, resume)
+
+
+def _latent_config(name: str):
+    def get():
+        from .latent_recipes import RUNNERS
+
+        return RUNNERS[name][0]
+
+    return get
+
+
+def _latent_run(name: str):
+    def run(cfg, resume: bool) -> dict:
+        from .latent_recipes import RUNNERS
+
+        return RUNNERS[name][1](cfg, resume)
+
+    return run
+
+
 RECIPES: dict[str, Recipe] = {
     "bake": Recipe("bake", "bake a steering vector into the weights (distillation, or an exact fold with mode=\"fold\")", _bake_config, _run_bake),
-    "coconut": Recipe("coconut", "COCONUT curriculum: stage k replaces k reasoning steps with k x c latent thoughts", None, None),
-    "projection-head": Recipe("projection-head", "CODI/QThink projection head: match the teacher's hidden state at the answer", None, None),
-    "latent-head": Recipe("latent-head", "latent head (latent_head.safetensors) on a frozen base", None, None),
-    "pause": Recipe("pause", "pause tokens: learnable embeddings prepended, UPFT prefix-only loss", None, None),
+    "coconut": Recipe("coconut", "COCONUT curriculum: stage k replaces k reasoning steps with k x c latent thoughts", _latent_config("coconut"), _latent_run("coconut")),
+    "projection-head": Recipe("projection-head", "CODI/QThink projection head: match the teacher's hidden states at the answer", _latent_config("projection-head"), _latent_run("projection-head")),
+    "latent-head": Recipe("latent-head", "latent head (latent_head.safetensors) on a frozen base", _latent_config("latent-head"), _latent_run("latent-head")),
+    "pause": Recipe("pause", "pause tokens: learnable embeddings after the prompt, UPFT prefix-only loss", _latent_config("pause"), _latent_run("pause")),
+    "micro": Recipe("micro", "train the Qwen3.5 micro model from scratch on arithmetic with <think> chains (the machine cache without --out)", _micro_config, _run_micro),
 }
 
 

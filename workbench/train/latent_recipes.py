@@ -1,0 +1,668 @@
+"""Latent-reasoning recipes on the shared trainer: COCONUT curriculum, projection-head
+distillation (CODI / QThink style), latent-head training (the `latent_head.safetensors`
+format, frozen base) and pause tokens with the UPFT prefix-only loss.
+
+Every recipe trains on the built-in arithmetic task in the layout of `train.arith` (the
+prompt the evaluation uses, ending in `<think>\\n`), feeds its continuous inputs exactly as
+the latent engine will at inference, and saves what the engine loads, with a
+`latent_policy.json` that `workbench.latent.load_policy(folder)` turns back into a policy:
+
+    out/
+      latent_policy.json          method, steps, markers, which model to run on
+      model/                      fine-tuned weights (coconut; projection/pause when the base trains)
+      projection_head.safetensors | latent_head.safetensors + adapter_config.json | pause_tokens.safetensors
+
+Latent vectors are computed one at a time, each from a forward over everything before it
+(no cache, so gradients flow back through every latent step, as in COCONUT), then one
+forward over the whole sequence gives the loss on the text after the latents.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..paths import atomic_dir, atomic_write_text
+from .arith import EVAL_SETS, Encoded, VocabView, encode_problems, eval_problems, training_problems
+from .config import TrainConfig
+from .loop import StepLoss, TrainResult, prepare_trainable, train
+
+POLICY_FILE = "latent_policy.json"
+CLOSE = "</think>"
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass
+class LatentRecipeConfig(TrainConfig):
+    """Shared options of the latent recipes (on top of the trainer's).
+
+    Data: `n_train` problems with `min_reasoning_steps..max_reasoning_steps` steps of
+    `digits`-digit operands (never a held-out eval question). The base model's own
+    parameters train when `train_modules` (regular expressions) or `lora_rank` say so;
+    `train_modules=[]` keeps it frozen. `eval_n` held-out problems per eval set are scored
+    through the latent engine at the end (0: skip)."""
+
+    model: str = "qwen3.5-micro"
+    out_dir: str = "runs/latent"
+    n_train: int = 4000
+    min_reasoning_steps: int = 1
+    max_reasoning_steps: int = 4
+    digits: int = 1
+    eval_n: int = 32
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    train_modules: list[str] = field(default_factory=lambda: ["."])
+    ckpt_every: int = 100
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
+            raise ValueError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+        if self.eval_n < 0:
+            raise ValueError(f"eval_n must be >= 0, got {self.eval_n}")
+
+
+@dataclass
+class CoconutConfig(LatentRecipeConfig):
+    """COCONUT: stage k (1..max_stage) replaces the first k reasoning steps with
+    k x `thoughts_per_step` latent thoughts (every row gets k x c, so inference uses a fixed
+    count); `steps` optimizer steps per stage, optimizer reset at every stage. The final
+    stage (max_stage, default max_reasoning_steps) has no explicit step left: that model
+    runs as `Coconut(steps=max_stage * c, end="</think>")`. `stage0` first fine-tunes on
+    the explicit chains (the micro model already is)."""
+
+    recipe: str = "coconut"
+    out_dir: str = "runs/coconut"
+    thoughts_per_step: int = 1
+    max_stage: int = 0
+    stage0: bool = False
+    steps: int = 120
+
+    def validate(self) -> None:
+        super().validate()
+        if self.thoughts_per_step < 1:
+            raise ValueError(f"thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
+        if self.max_stage < 0:
+            raise ValueError(f"max_stage must be >= 0 (0: max_reasoning_steps), got {self.max_stage}")
+
+    @property
+    def stages(self) -> int:
+        return self.max_stage or self.max_reasoning_steps
+
+
+@dataclass
+class ProjectionConfig(LatentRecipeConfig):
+    """Projection head (CODI / QThink): `latent_steps` latents `proj(last hidden)`, then
+    `</think>` and the answer. Loss: answer cross-entropy + `distill_weight` x the
+    smooth-L1 distance (over every layer, each divided by the teacher's std) between the
+    student's hidden states at the position that predicts the answer and the teacher's at
+    the same position of the explicit chain (the teacher: the frozen starting model)."""
+
+    recipe: str = "projection-head"
+    out_dir: str = "runs/projection-head"
+    latent_steps: int = 4
+    head_hidden: int = 0
+    distill_weight: float = 1.0
+    steps: int = 200
+
+    def validate(self) -> None:
+        super().validate()
+        if self.latent_steps < 1:
+            raise ValueError(f"latent_steps must be >= 1, got {self.latent_steps}")
+
+
+@dataclass
+class LatentHeadConfig(LatentRecipeConfig):
+    """Latent head on a frozen base: a problem with n reasoning steps thinks for
+    n x `thoughts_per_step` latent steps of `chunk_size` positions each. Loss: the
+    cross-entropy of `</think>` and the answer after the last latent step, plus
+    `exit_weight` x -log(1 - p(`</think>`)) after every earlier one (so the model's own
+    argmax ends thinking at the right time: self-exit). `max_internal_tokens` is the
+    budget written to adapter_config.json."""
+
+    recipe: str = "latent-head"
+    out_dir: str = "runs/latent-head"
+    thoughts_per_step: int = 1
+    chunk_size: int = 1
+    max_internal_tokens: int = 16
+    exit_weight: float = 1.0
+    head_intermediate: int = 0
+    train_modules: list[str] = field(default_factory=list)
+    lr: float = 2e-3
+    steps: int = 200
+
+    def validate(self) -> None:
+        super().validate()
+        if self.train_modules or self.lora_rank:
+            raise ValueError("the latent head trains on a frozen base: train_modules must be [] and lora_rank 0")
+        if self.thoughts_per_step < 1 or self.chunk_size < 1:
+            raise ValueError(f"thoughts_per_step and chunk_size must be >= 1, got {self.thoughts_per_step}, {self.chunk_size}")
+        if self.max_internal_tokens < self.chunk_size:
+            raise ValueError(f"max_internal_tokens ({self.max_internal_tokens}) must be >= chunk_size ({self.chunk_size})")
+
+
+@dataclass
+class PauseConfig(LatentRecipeConfig):
+    """Pause tokens: `n_pause` learnable embeddings inserted right after the prompt
+    (before the chain of thought), trained with the UPFT prefix-only loss: cross-entropy
+    on the first `prefix_tokens` tokens of the reasoning only. `targets`: "gold" (the
+    reference chain) or "self" (the model's own greedy chain, UPFT's unsupervised form).
+    The base stays frozen unless `train_modules` / `lora_rank` say otherwise."""
+
+    recipe: str = "pause"
+    out_dir: str = "runs/pause"
+    n_pause: int = 4
+    prefix_tokens: int = 8
+    targets: str = "gold"
+    train_modules: list[str] = field(default_factory=list)
+    lr: float = 3e-3
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_pause < 1 or self.prefix_tokens < 1:
+            raise ValueError(f"n_pause and prefix_tokens must be >= 1, got {self.n_pause}, {self.prefix_tokens}")
+        if self.targets not in ("gold", "self"):
+            raise ValueError(f"targets must be 'gold' or 'self', got {self.targets!r}")
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+class LatentModel(nn.Module):
+    """What the trainer optimises: the base model plus the recipe's own parameters (a head,
+    pause embeddings); its trainable parameters are exactly what requires grad."""
+
+    def __init__(self, base: nn.Module, head: nn.Module | None = None, pause: Tensor | None = None):
+        super().__init__()
+        self.base = base
+        self.head = head
+        self.pause = nn.Parameter(pause) if pause is not None else None
+
+    @property
+    def hf(self) -> nn.Module:
+        m = self.base
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+
+def _prepare_base(hf: nn.Module, cfg: LatentRecipeConfig) -> nn.Module:
+    if cfg.lora_rank > 0 or cfg.train_modules:
+        return prepare_trainable(hf, cfg)
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    return hf
+
+
+def _merged(base: nn.Module) -> nn.Module:
+    return base.merge_and_unload() if hasattr(base, "merge_and_unload") else base
+
+
+def _base_forward(hf: nn.Module, embeds: Tensor, mask: Tensor, hidden_states: bool = False):
+    from ..generate import base_model
+    from ..inputs import positions_from_mask
+
+    return base_model(hf)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False, output_hidden_states=hidden_states)
+
+
+def _left_pad_embeds(hf: nn.Module, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Left-padded prompt embeddings [B, P, d], mask [B, P] and ids (-1 at padding)."""
+    emb = hf.get_input_embeddings()
+    dev = emb.weight.device
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r) :] = torch.as_tensor(list(r))
+    ids = ids.to(dev)
+    mask = (ids >= 0).long()
+    return emb(ids.clamp(min=0)) * mask[..., None].to(emb.weight.dtype), mask, ids
+
+
+def _right_pad(hf: nn.Module, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    emb = hf.get_input_embeddings()
+    dev = emb.weight.device
+    S = max(max(len(r) for r in rows), 1)
+    ids = torch.zeros(len(rows), S, dtype=torch.long)
+    mask = torch.zeros(len(rows), S, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    return emb(ids), mask, ids
+
+
+@dataclass
+class Unrolled:
+    hidden: Tensor  # [B, P + n*chunk + S, d] last hidden (after the final norm) of the final forward
+    hidden_states: tuple | None  # every layer's, when asked
+    latents: list[Tensor]  # n x [B, d]
+    P: int
+    n_positions: int  # n * chunk
+    after_ids: Tensor  # [B, S]
+    after_mask: Tensor  # [B, S]
+
+
+def unroll(
+    hf: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    n_latent: int,
+    next_latent: Callable[[int, Tensor, Tensor], Tensor] | None,
+    after: Sequence[Sequence[int]],
+    *,
+    chunk: int = 1,
+    fixed: Tensor | None = None,
+    hidden_states: bool = False,
+) -> Unrolled:
+    """Prompt, then `n_latent` latent vectors (each fed `chunk` times), then the token ids
+    `after`. Latent j = `next_latent(j, hidden [B, T, d], mask [B, T])` computed from a
+    forward over everything before it (or `fixed[j]` [n, d] for constant vectors such as
+    pause embeddings: then a single forward)."""
+    E_p, m_p, _ = _left_pad_embeds(hf, prompts)
+    B, P, _ = E_p.shape
+    latents: list[Tensor] = []
+    parts, masks = [E_p], [m_p]
+    for j in range(n_latent):
+        if fixed is not None:
+            v = fixed[j].to(E_p.dtype)[None].expand(B, -1)
+        else:
+            E = torch.cat(parts, 1)
+            M = torch.cat(masks, 1)
+            h = _base_forward(hf, E, M).last_hidden_state
+            v = next_latent(j, h, M)
+        latents.append(v)
+        parts.append(v[:, None].expand(B, chunk, -1))
+        masks.append(torch.ones(B, chunk, dtype=m_p.dtype, device=m_p.device))
+    E_a, m_a, a_ids = _right_pad(hf, after)
+    out = _base_forward(hf, torch.cat(parts + [E_a], 1), torch.cat(masks + [m_a], 1), hidden_states)
+    return Unrolled(out.last_hidden_state, out.hidden_states if hidden_states else None, latents, P, n_latent * chunk, a_ids, m_a)
+
+
+def after_loss(vocab: VocabView, u: Unrolled, weights: Tensor | None = None) -> tuple[Tensor, int]:
+    """Cross-entropy of the tokens after the latents (token t predicted at the position
+    before it); `weights` [B, S] 0/1 selects which tokens count (default: all real ones)."""
+    start = u.P + u.n_positions
+    S = u.after_ids.shape[1]
+    pred = u.hidden[:, start - 1 : start - 1 + S]
+    sel = u.after_mask.bool() if weights is None else (u.after_mask.bool() & weights.bool().to(u.after_mask.device))
+    n = int(sel.sum())
+    if n == 0:
+        return u.hidden.sum() * 0.0, 0
+    return vocab.ce(pred[sel], u.after_ids[sel]), n
+
+
+def close_id(tokenizer: Any) -> int:
+    from ..latent.policies import token_id
+
+    tid = token_id(tokenizer, CLOSE)
+    if tid is None:
+        raise ValueError(f"the latent recipes need a thinking tokenizer with a {CLOSE!r} token (e.g. qwen3.5-micro)")
+    return tid
+
+
+def answer_index(e: Encoded, tokenizer: Any) -> int:
+    """Index in `e.suffix` of the first token of the answer number."""
+    for i, t in enumerate(e.suffix):
+        s = tokenizer.decode([t]).strip()
+        if s and (s[0].isdigit() or s[0] == "-"):
+            return i
+    raise ValueError(f"no answer digits in the suffix of problem {e.problem.id}")
+
+
+# --------------------------------------------------------------------------- shared setup
+
+
+@dataclass
+class Setup:
+    bench: Any
+    cfg: LatentRecipeConfig
+    data: list[Encoded]
+    vocab: VocabView
+    close: int
+
+
+def setup(cfg: LatentRecipeConfig, bench: Any = None) -> Setup:
+    from ..models import load
+
+    if bench is None:
+        bench = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    problems = training_problems(cfg.n_train, cfg.min_reasoning_steps, cfg.max_reasoning_steps, cfg.digits, seed=2000 + cfg.seed)
+    data = encode_problems(bench.tokenizer, problems)
+    if not data:
+        raise ValueError("the training corpus is empty")
+    return Setup(bench, cfg, data, VocabView(bench.hf), close_id(bench.tokenizer))
+
+
+def _write_policy(tmp: Path, policy: dict) -> None:
+    atomic_write_text(tmp / POLICY_FILE, json.dumps(policy, indent=1) + "\n")
+
+
+def _save_model(hf: nn.Module, tokenizer: Any, folder: Path) -> None:
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _finish(cfg: LatentRecipeConfig, write: Callable[[Path], None], results: dict) -> Path:
+    """Write the recipe's artifacts into `<out_dir>/final` atomically (a half-written
+    folder never appears) and return it."""
+    target = Path(cfg.out_dir) / "final"
+    with atomic_dir(target) as tmp:
+        write(Path(tmp))
+        atomic_write_text(Path(tmp) / "train_summary.json", json.dumps(results, indent=1, default=str) + "\n")
+    return target
+
+
+def quick_eval(bench: Any, spec: Any, n: int) -> dict[str, float]:
+    """Held-out accuracy through the latent engine itself (what inference will see)."""
+    from ..latent.eval import evaluate
+
+    if n <= 0:
+        return {}
+    out = {}
+    for name in EVAL_SETS:
+        _, summary = evaluate(bench, {"m": spec}, eval_problems(name, n), progress=False)
+        out[name] = summary[0].accuracy
+    return out
+
+
+# --------------------------------------------------------------------------- COCONUT
+
+
+def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    from ..latent.policies import Coconut
+
+    s = setup(cfg, bench)
+    hf, c = s.bench.hf, cfg.thoughts_per_step
+    results: dict[str, Any] = {"stages": []}
+    first = 0 if cfg.stage0 else 1
+    for k in range(first, cfg.stages + 1):
+        n_lat = k * c
+
+        def loss_fn(model: LatentModel, batch: list[Encoded], k=k, n_lat=n_lat) -> StepLoss:
+            after = [sum(e.steps[k:], []) + e.suffix for e in batch]
+            u = unroll(model.hf, [e.prompt for e in batch], n_lat, lambda j, h, m: h[:, -1], after)
+            loss, n = after_loss(s.vocab, u)
+            return StepLoss(loss, tokens=n, metrics={"stage": float(k)})
+
+        model = LatentModel(_prepare_base(hf, cfg))
+        scfg = cfg.replace(out_dir=str(Path(cfg.out_dir) / f"stage{k}"))
+        stage_resume = resume and (Path(scfg.out_dir) / "checkpoint").exists()
+        res = train(model, s.data, loss_fn, scfg, resume=stage_resume, on_step=on_step, cancel=cancel)
+        hf = _merged(model.base)
+        for p in hf.parameters():
+            p.requires_grad_(False)
+        results["stages"].append({"stage": k, "latents": n_lat, "steps": res.step, "final_loss": res.final_loss})
+        if res.status != "done":
+            return {"status": res.status, **results}
+    s.bench.hf = hf
+    hf.eval()
+    steps = cfg.stages * c
+    spec = Coconut(steps=steps, end=CLOSE)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+
+    def write(tmp: Path) -> None:
+        _save_model(hf, s.bench.tokenizer, tmp / "model")
+        _write_policy(tmp, {"method": "coconut", "model": "model", "steps": steps, "end": CLOSE, "begin": None, "stop": None})
+
+    return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
+
+
+# --------------------------------------------------------------------------- projection head
+
+
+def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    import copy
+
+    from ..latent.heads import ProjectionModule
+    from ..latent.policies import ProjectionHead
+
+    s = setup(cfg, bench)
+    hf = s.bench.hf
+    teacher = copy.deepcopy(hf).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    d = s.bench.arch.d_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        head = ProjectionModule(d, cfg.head_hidden or 2 * d).to(next(hf.parameters()).device)
+    model = LatentModel(_prepare_base(hf, cfg), head=head)
+    tok = s.bench.tokenizer
+    a_idx = {id(e): answer_index(e, tok) for e in s.data}
+    K = cfg.latent_steps
+
+    def loss_fn(model: LatentModel, batch: list[Encoded]) -> StepLoss:
+        want_h = cfg.distill_weight > 0
+        u = unroll(model.hf, [e.prompt for e in batch], K, lambda j, h, m: model.head(h[:, -1]), [e.suffix for e in batch], hidden_states=want_h)
+        ce, n = after_loss(s.vocab, u)
+        metrics = {"ce": float(ce.detach())}
+        loss = ce
+        if want_h:
+            rows = torch.arange(len(batch))
+            pos_s = torch.tensor([u.P + u.n_positions + a_idx[id(e)] - 1 for e in batch])
+            with torch.no_grad():
+                t_rows = [e.cot()[0] for e in batch]
+                E_t, m_t, _ = _right_pad(teacher, t_rows)
+                t_out = _base_forward(teacher, E_t, m_t, hidden_states=True)
+                pos_t = torch.tensor([len(e.prompt) + sum(len(x) for x in e.steps) + a_idx[id(e)] - 1 for e in batch])
+            dist = []
+            for hs, ht in zip(u.hidden_states[1:], t_out.hidden_states[1:]):
+                a, b = hs[rows, pos_s], ht[rows, pos_t]
+                dist.append(F.smooth_l1_loss(a, b) / (b.std() + 1e-6))
+            distill = torch.stack(dist).mean()
+            loss = ce + cfg.distill_weight * distill
+            metrics["distill"] = float(distill.detach())
+        return StepLoss(loss, tokens=n, metrics=metrics)
+
+    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel)
+    results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
+    if res.status != "done":
+        return {"status": res.status, **results}
+    base_trained = bool(cfg.train_modules or cfg.lora_rank)
+    hf = _merged(model.base).eval()
+    s.bench.hf = hf
+    tensors = {k: v.detach().float().cpu() for k, v in head.state_dict().items()}
+    spec = ProjectionHead(tensors, steps=K, end=CLOSE)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+
+    def write(tmp: Path) -> None:
+        if base_trained:
+            _save_model(hf, tok, tmp / "model")
+        _save_tensors(tmp / "projection_head.safetensors", tensors)
+        _write_policy(tmp, {"method": "projection", "model": "model" if base_trained else cfg.model, "steps": K, "end": CLOSE, "head": "projection_head.safetensors"})
+
+    return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
+
+
+# --------------------------------------------------------------------------- latent head
+
+
+def _grouped(data: Sequence[Encoded], size: int, seed: int) -> list[list[Encoded]]:
+    """Batches of problems with the same number of reasoning steps (so every row of a batch
+    thinks for the same number of latent steps), in a seeded order."""
+    by: dict[int, list[Encoded]] = {}
+    for e in data:
+        by.setdefault(len(e.steps), []).append(e)
+    out: list[list[Encoded]] = []
+    rng = random.Random(f"latent-head-groups:{seed}")
+    for n in sorted(by):
+        items = by[n][:]
+        rng.shuffle(items)
+        out.extend(items[i : i + size] for i in range(0, len(items), size))
+    return out
+
+
+def latent_head_stepper(head: nn.Module, hf: nn.Module, prompts: Sequence[Sequence[int]]) -> Callable[[int, Tensor, Tensor], Tensor]:
+    """`next_latent` for `unroll` that does what the engine's latent-head runner does: at
+    the first step, prefill the head over the (left-padded) prompt pairing token t+1 with
+    hidden t; at every step, fuse the model's greedy token with the newest hidden state
+    and run the head causally over everything so far (no cache: gradients reach every
+    step)."""
+    from ..generate import base_model
+    from ..latent.policies import _head_mask
+
+    rotary = base_model(hf).rotary_emb
+    emb, lm_head = hf.get_input_embeddings(), hf.get_output_embeddings()
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), -1, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = torch.as_tensor(list(p))
+    ids = ids.to(emb.weight.device)
+    state: dict[str, Tensor] = {}
+
+    def next_latent(j: int, h: Tensor, m: Tensor) -> Tensor:
+        if j == 0:
+            tok, hh = ids[:, 1:], h[:, :-1]
+            valid = (ids[:, 1:] >= 0) & (ids[:, :-1] >= 0)
+            state["x"] = head.fuse(emb(tok.clamp(min=0)), hh)
+            state["kv"] = valid.long()
+            state["pos"] = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            token = lm_head(h[:, -1]).argmax(-1)
+        x = head.fuse(emb(token), h[:, -1])[:, None]
+        state["x"] = torch.cat([state["x"], x], 1)
+        state["kv"] = torch.cat([state["kv"], torch.ones_like(state["kv"][:, :1])], 1)
+        state["pos"] = torch.cat([state["pos"], state["kv"].sum(-1, keepdim=True) - 1], 1)
+        X, pos = state["x"], state["pos"]
+        return head(X, rotary(X, pos), _head_mask(state["kv"], X.shape[1], X.dtype), pos, None)[:, -1]
+
+    return next_latent
+
+
+def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    from ..latent.heads import LATENT_HEAD_FILE, LatentHeadModule
+    from ..latent.policies import LatentHead
+
+    s = setup(cfg, bench)
+    hf = s.bench.hf
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        head = LatentHeadModule(hf, cfg.head_intermediate or None).to(next(hf.parameters()).device)
+        # start near "feed the token's own embedding": small random weights elsewhere
+        nn.init.normal_(head.core.fc.weight, std=0.02)
+        nn.init.normal_(head.to_embed.weight, std=0.02)
+    model = LatentModel(hf, head=head)
+    groups = _grouped(s.data, cfg.batch_size, cfg.seed)
+    close = s.close
+    c, chunk = cfg.thoughts_per_step, cfg.chunk_size
+
+    def loss_fn(model: LatentModel, batch: list[list[Encoded]]) -> StepLoss:
+        total, n_tok, exit_terms = 0.0, 0, []
+        for group in batch:
+            n_lat = len(group[0].steps) * c
+            prompts = [e.prompt for e in group]
+            next_latent = latent_head_stepper(model.head, model.hf, prompts)
+            u = unroll(model.hf, prompts, n_lat, next_latent, [e.suffix for e in group], chunk=chunk)
+            ce, n = after_loss(s.vocab, u)  # the suffix starts with </think>: the exit at the last step
+            loss = ce
+            if n_lat > 1 and cfg.exit_weight > 0:
+                ends = [u.P + (j + 1) * chunk - 1 for j in range(n_lat - 1)]
+                lp = s.vocab.logprob(u.hidden[:, ends].reshape(-1, u.hidden.shape[-1]), close)
+                early = -torch.log1p(-lp.exp().clamp(max=1 - 1e-6)).mean()
+                loss = loss + cfg.exit_weight * early
+                exit_terms.append(float(early.detach()))
+            total = total + loss / len(batch)
+            n_tok += n
+        return StepLoss(total, tokens=n_tok, metrics={"early_exit_loss": sum(exit_terms) / len(exit_terms)} if exit_terms else {})
+
+    res = train(model, groups, loss_fn, cfg.replace(batch_size=1), resume=resume, on_step=on_step, cancel=cancel)
+    results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
+    if res.status != "done":
+        return {"status": res.status, **results}
+    tensors = {k: v.detach().float().cpu() for k, v in head.state_dict().items()}
+    adapter = {
+        "format": "workbench-latent-head", "version": 1, "base_model": cfg.model, "hidden_size": s.bench.arch.d_model,
+        "think_close_token_id": close, "max_internal_tokens": cfg.max_internal_tokens, "chunk_size": chunk, "pairing": "next",
+    }  # fmt: skip
+    spec = LatentHead(tensors, think_close_token_id=close, max_internal_tokens=cfg.max_internal_tokens, chunk_size=chunk, pairing="next")
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+
+    def write(tmp: Path) -> None:
+        _save_tensors(tmp / LATENT_HEAD_FILE, tensors)
+        atomic_write_text(tmp / "adapter_config.json", json.dumps(adapter, indent=1) + "\n")
+        _write_policy(tmp, {"method": "latent_head", "model": cfg.model, "head": LATENT_HEAD_FILE})
+
+    return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
+
+
+# --------------------------------------------------------------------------- pause tokens
+
+
+def run_pause(cfg: PauseConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    from ..latent.policies import PAUSE_FILE, PauseTokens
+
+    s = setup(cfg, bench)
+    hf, tok = s.bench.hf, s.bench.tokenizer
+    targets: dict[int, list[int]] = {}
+    if cfg.targets == "self":  # UPFT: the model's own greedy chain, first prefix_tokens tokens
+        from ..generate import generate_full
+
+        for i in range(0, len(s.data), 64):
+            chunk = s.data[i : i + 64]
+            res = generate_full(s.bench, [e.prompt for e in chunk], max_new_tokens=cfg.prefix_tokens, chat=False)
+            for e, ids in zip(chunk, res.token_ids):
+                targets[id(e)] = list(ids)
+    W = hf.get_input_embeddings().weight.detach()
+    rows = W[(W != 0).any(-1)]
+    g = torch.Generator().manual_seed(cfg.seed)
+    init = rows.mean(0) + torch.randn(cfg.n_pause, W.shape[1], generator=g).to(W) * rows.std(0)
+    model = LatentModel(_prepare_base(hf, cfg), pause=init.float().clone())
+
+    def loss_fn(model: LatentModel, batch: list[Encoded]) -> StepLoss:
+        after = [sum(e.steps, []) + e.suffix for e in batch]
+        u = unroll(model.hf, [e.prompt for e in batch], cfg.n_pause, None, after, fixed=model.pause)
+        w = torch.zeros_like(u.after_mask)
+        for i, e in enumerate(batch):
+            if cfg.targets == "self":
+                t = targets[id(e)]
+                u.after_ids[i, : len(t)] = torch.as_tensor(t, device=u.after_ids.device)
+                w[i, : min(len(t), cfg.prefix_tokens)] = 1
+            else:
+                w[i, : cfg.prefix_tokens] = 1
+        loss, n = after_loss(s.vocab, u, w)
+        return StepLoss(loss, tokens=n)
+
+    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel)
+    results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
+    if res.status != "done":
+        return {"status": res.status, **results}
+    base_trained = bool(cfg.train_modules or cfg.lora_rank)
+    hf = _merged(model.base).eval()
+    s.bench.hf = hf
+    tensors = {"pause_embeds": model.pause.detach().float().cpu()}
+    results["eval"] = quick_eval(s.bench, PauseTokens(tensors), cfg.eval_n)
+
+    def write(tmp: Path) -> None:
+        if base_trained:
+            _save_model(hf, tok, tmp / "model")
+        _save_tensors(tmp / PAUSE_FILE, tensors)
+        _write_policy(tmp, {"method": "pause", "model": "model" if base_trained else cfg.model, "head": PAUSE_FILE, "steps": cfg.n_pause})
+
+    return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
+
+
+RUNNERS = {"coconut": (CoconutConfig, run_coconut), "projection-head": (ProjectionConfig, run_projection), "latent-head": (LatentHeadConfig, run_latent_head), "pause": (PauseConfig, run_pause)}
+
+__all__ = [
+    "LatentRecipeConfig", "CoconutConfig", "ProjectionConfig", "LatentHeadConfig", "PauseConfig", "LatentModel", "unroll", "after_loss",
+    "run_coconut", "run_projection", "run_latent_head", "run_pause", "RUNNERS", "POLICY_FILE",
+]  # fmt: skip
