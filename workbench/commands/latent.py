@@ -6,7 +6,7 @@ import json
 
 from ._common import add_model_args, load_from_args, print_json
 
-METHODS = ("coconut", "projection", "latent-head", "soft")
+METHODS = ("coconut", "projection", "latent-head", "soft", "trained")
 
 
 def _add_policy_args(p, multiple: bool = False) -> None:
@@ -15,7 +15,7 @@ def _add_policy_args(p, multiple: bool = False) -> None:
                        help=f"comma-separated: {', '.join(METHODS)}, cot, no-think (default: coconut,soft,cot,no-think)")  # fmt: skip
     else:
         p.add_argument("--method", choices=METHODS, default="coconut")
-    p.add_argument("--head", help="head file/folder or hub reference (projection / latent-head)")
+    p.add_argument("--head", help="head file/folder or hub reference (projection / latent-head), or a recipe's final folder (trained)")
     p.add_argument("--steps", type=int, default=None, help="latent steps (fixed count, or the budget)")
     p.add_argument("--chunk-size", type=int, default=None, help="latent head: positions per latent vector")
     p.add_argument("--max-internal-tokens", type=int, default=None, help="latent head: budget in positions")
@@ -49,6 +49,11 @@ def make_policy(args, method: str, bench=None):
             max_steps=args.steps or 64, temperature=args.soft_temperature, top_k=args.soft_top_k, top_p=args.soft_top_p,
             cold_entropy=args.cold_entropy, cold_patience=args.cold_patience,
         )  # fmt: skip
+    if method == "trained":
+        if not args.head:
+            raise ValueError("--method trained needs --head FOLDER (the 'final' folder a latent training recipe wrote)")
+        spec, _model = latent.load_policy(args.head)
+        return spec.with_steps(args.steps) if args.steps else spec
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
@@ -80,6 +85,15 @@ def register(sub) -> None:
     e.add_argument("--think-budget", type=int, default=128, help="CoT baseline: thinking tokens allowed")
     e.add_argument("--out", help="folder for results.jsonl, summary.json, summary.txt")
     e.set_defaults(func=_eval)
+
+    t = lsub.add_parser("results", help="the README results table: train every latent recipe on qwen3.5-micro, score all methods")
+    t.add_argument("--out", default="runs/latent-results", help="folder for the recipe runs, results.json and results.md")
+    t.add_argument("-n", type=int, default=100, help="held-out problems per difficulty")
+    t.add_argument("--model", default="qwen3.5-micro", help="base model (a thinking model with </think>)")
+    t.add_argument("--retrain", action="store_true", help="train the recipes again even if their output exists")
+    t.add_argument("--recipes", default=None, help="comma-separated subset of coconut,projection-head,latent-head,pause")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.set_defaults(func=_results)
 
     i = lsub.add_parser("inspect", help="validate a head file against a model and list its tensors and config")
     add_model_args(i, positional=False)
@@ -135,6 +149,18 @@ def _eval(args) -> int:
     print(table(summary))
     if args.out:
         print(f"wrote {args.out}/results.jsonl, summary.json, summary.txt")
+    return 0
+
+
+def _results(args) -> int:
+    from ..latent.results import results
+
+    recipes = tuple(r.strip() for r in args.recipes.split(",")) if args.recipes else None
+    report = results(args.out, n=args.n, model=args.model, retrain=args.retrain, recipes=recipes, batch_size=args.batch_size)
+    from ..latent.results import markdown
+
+    print(markdown(report))
+    print(f"wrote {args.out}/results.json, results.md")
     return 0
 
 

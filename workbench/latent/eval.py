@@ -41,6 +41,7 @@ class MethodSummary:
     n: int
     accuracy: float
     latent_steps: float
+    latent_positions: float
     think_steps: float
     visible_tokens: float
     self_exit_rate: float
@@ -49,14 +50,25 @@ class MethodSummary:
 
 
 def prompt_for(problem: Problem, method: str) -> str:
+    """The user turn for `method`: "no_think" asks for the number only; everything else
+    (explicit chain of thought and every latent method, which think in vectors) gets the
+    same thinking prompt, so latent methods are scored on exactly the CoT prompt."""
     if method == "no_think":
         return f"{problem.question}\nAnswer with only the final number as '#### <number>'."
-    if method == "cot":
-        return f"{problem.question}\nThink step by step. {INSTRUCTION}"
-    return f"{problem.question}\n{INSTRUCTION}"
+    return f"{problem.question}\nThink step by step. {INSTRUCTION}"
 
 
-def _baseline(bench: Any, problem: Problem, method: str, max_new_tokens: int, think_budget: int) -> EvalRow:
+def _split_thinking(ids: list[int], close: int | None, thinking: bool) -> tuple[int, list[int], str | None]:
+    """(think tokens, visible ids after thinking, exit) of one generated row."""
+    if not thinking or close is None:
+        return 0, ids, None
+    if close in ids:
+        k = ids.index(close)
+        return k, ids[k + 1 :], "self_exit"
+    return len(ids), [], "maxed"
+
+
+def _baseline(bench: Any, problems: Sequence[Problem], method: str, max_new_tokens: int, think_budget: int) -> list[EvalRow]:
     from ..generate import generate_full
     from .policies import stop_ids, token_id
 
@@ -66,34 +78,44 @@ def _baseline(bench: Any, problem: Problem, method: str, max_new_tokens: int, th
     t0 = time.perf_counter()
     budget = max_new_tokens + (think_budget if method == "cot" and thinking else 0)
     res = generate_full(
-        bench, prompt_for(problem, method), max_new_tokens=budget, enable_thinking=(method == "cot") if thinking else None,
-        stop_ids=stops,
-    )
-    wall = time.perf_counter() - t0
-    ids = res.token_ids[0]
-    exit, think = None, 0
-    if method == "cot" and thinking:
-        if close in ids:
-            think, exit = ids.index(close), "self_exit"
-        else:
-            think, exit = len(ids), "maxed"
-    vis = ids[think + 1 :] if exit == "self_exit" else (ids if exit is None else [])
-    text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
-    pred = extract_answer(text)
-    return EvalRow(method, problem.id, problem.answer, pred, is_correct(pred, problem.answer), 0, 0, think, len(vis), exit, wall, text)
-
-
-def _latent(bench: Any, problem: Problem, method: str, policy: Any, max_new_tokens: int) -> EvalRow:
-    from .engine import run
-
-    t0 = time.perf_counter()
-    tr = run(bench, prompt_for(problem, method), policy, max_new_tokens=max_new_tokens, readout=False)
-    wall = time.perf_counter() - t0
-    pred = extract_answer(tr.text)
-    return EvalRow(
-        method, problem.id, problem.answer, pred, is_correct(pred, problem.answer), tr.latent_steps, tr.latent_positions, 0,
-        len(tr.visible_ids), tr.exit, wall, tr.text,
+        bench, [prompt_for(p, method) for p in problems], max_new_tokens=budget,
+        enable_thinking=(method == "cot") if thinking else None, stop_ids=stops,
     )  # fmt: skip
+    wall = (time.perf_counter() - t0) / len(problems)
+    rows = []
+    for p, ids in zip(problems, res.token_ids):
+        think, vis, exit = _split_thinking(list(ids), close, method == "cot" and thinking)
+        text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
+        pred = extract_answer(text)
+        rows.append(EvalRow(method, p.id, p.answer, pred, is_correct(pred, p.answer), 0, 0, think, len(vis), exit, wall, text))
+    return rows
+
+
+def _latent(bench: Any, problems: Sequence[Problem], method: str, policy: Any, max_new_tokens: int) -> list[EvalRow]:
+    """Latent thinking, then visible decoding; if the model goes on to write explicit
+    thinking (pause tokens, COCONUT without an end marker), the tokens up to its own
+    `</think>` count as think steps, not visible tokens."""
+    from .engine import run
+    from .policies import stop_ids, token_id
+
+    close = token_id(bench.tokenizer, "</think>")
+    stops = stop_ids(bench)
+    t0 = time.perf_counter()
+    traces = run(bench, [prompt_for(p, method) for p in problems], policy, max_new_tokens=max_new_tokens, readout=False)
+    wall = (time.perf_counter() - t0) / len(problems)
+    rows = []
+    for p, tr in zip(problems, traces):
+        ids = list(tr.visible_ids)
+        think, vis = 0, ids
+        if close is not None and close in ids:
+            think, vis = ids.index(close), ids[ids.index(close) + 1 :]
+        text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
+        pred = extract_answer(text)
+        rows.append(EvalRow(
+            method, p.id, p.answer, pred, is_correct(pred, p.answer), tr.latent_steps, tr.latent_positions, think, len(vis),
+            tr.exit, wall, text,
+        ))  # fmt: skip
+    return rows
 
 
 def summarise(rows: Sequence[EvalRow]) -> list[MethodSummary]:
@@ -104,7 +126,8 @@ def summarise(rows: Sequence[EvalRow]) -> list[MethodSummary]:
         mean = lambda f: sum(f(r) for r in rs) / n  # noqa: E731
         out.append(
             MethodSummary(
-                m, n, mean(lambda r: float(r.correct)), mean(lambda r: r.latent_steps), mean(lambda r: r.think_steps),
+                m, n, mean(lambda r: float(r.correct)), mean(lambda r: r.latent_steps), mean(lambda r: r.latent_positions),
+                mean(lambda r: r.think_steps),
                 mean(lambda r: r.visible_tokens), mean(lambda r: float(r.exit == "self_exit")),
                 mean(lambda r: float(r.exit == "maxed")), mean(lambda r: r.wall_time),
             )  # fmt: skip
@@ -130,17 +153,22 @@ def evaluate(
     *,
     max_new_tokens: int = 96,
     think_budget: int = 128,
+    batch_size: int = 16,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[list[EvalRow], list[MethodSummary]]:
-    """Run every method on every problem. `methods`: name -> a latent policy spec, or the
-    string "cot" / "no_think" for the baselines. Every policy is bound once first, so a bad
-    head or option fails before any generation. Writes `results.jsonl`, `summary.json` and
-    `summary.txt` into `out_dir` when given."""
+    """Run every method on every problem, `batch_size` problems per generation (left
+    padded; batched rows give the same tokens as one at a time, tested). `methods`: name ->
+    a latent policy spec, or the string "cot" / "no_think" for the baselines. Every policy
+    is bound once first, so a bad head or option fails before any generation. Writes
+    `results.jsonl`, `summary.json` and `summary.txt` into `out_dir` when given.
+    `wall_time` per row is its batch's time divided by the batch size."""
     if not problems:
         raise ValueError("no problems to evaluate")
     if not methods:
         raise ValueError("no methods to evaluate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     for name, m in methods.items():
         if isinstance(m, str):
             if m not in BASELINES:
@@ -151,12 +179,14 @@ def evaluate(
 
     rows: list[EvalRow] = []
     bar = tqdm(total=len(problems) * len(methods), desc="latent eval", disable=not progress)
-    for p in problems:
-        for name, m in methods.items():
-            row = _baseline(bench, p, m, max_new_tokens, think_budget) if isinstance(m, str) else _latent(bench, p, name, m, max_new_tokens)
-            row.method = name
-            rows.append(row)
-            bar.update(1)
+    for name, m in methods.items():
+        for s in range(0, len(problems), batch_size):
+            chunk = list(problems[s : s + batch_size])
+            got = _baseline(bench, chunk, m, max_new_tokens, think_budget) if isinstance(m, str) else _latent(bench, chunk, name, m, max_new_tokens)
+            for r in got:
+                r.method = name
+            rows.extend(got)
+            bar.update(len(chunk))
     bar.close()
     summary = summarise(rows)
     if out_dir is not None:
