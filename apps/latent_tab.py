@@ -1,18 +1,19 @@
 """Latent reasoning tab: choose a policy (and its head file), run a prompt through the
 latent loop, and see each latent step's vocabulary readout (top tokens as bars), entropy
 and norm per step, the PCA trajectory of the latent steps next to the explicit
-chain-of-thought path of the same prompt, and both final answers (the chain of thought
-streamed as it is produced)."""
+chain-of-thought path of the same prompt, and both final answers. Everything streams:
+latent steps appear as the loop computes them, then the answers token by token."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 
 from ._common import AppContext, allowed_path, handler, parse_int, upload_path
 
-POLICIES = ("coconut", "soft_thinking", "projection_head", "latent_head")
+POLICIES = ("coconut", "soft_thinking", "projection_head", "latent_head", "trained")
 NEEDS_FILE = ("projection_head", "latent_head")
 
 
@@ -40,7 +41,21 @@ class LatentTab:
             return latent.ProjectionHead.load(self._head_path(upload, path_text), steps=steps)
         if name == "latent_head":
             return latent.LatentHead.load(self._head_path(upload, path_text)).with_steps(steps)
+        if name == "trained":  # the `final` folder of a latent training recipe (Training tab)
+            folder = allowed_path(self.ctx, path_text, what="recipe folder", allow_dir=True)
+            spec, trained_on = latent.load_policy(str(folder))
+            names = {bench.name, str(Path(bench.name).expanduser().resolve()) if bench.name else ""}
+            if trained_on and trained_on not in names and str(Path(trained_on).resolve()) not in names:
+                raise ValueError(f"{folder.name} was trained on model {trained_on!r}; select that model in the Model tab first")
+            return spec  # the step count it was trained with (the steps box does not apply)
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
+
+    @staticmethod
+    def _bars(trace: Any, tok: Any) -> Any:
+        from workbench.viz import latent as vl
+
+        mixture = bool(trace.steps) and trace.steps[0].mixture_ids is not None
+        return vl.top_tokens_figure(trace, tok, k=5, source="mixture" if mixture else "next")
 
     @handler
     def run(
@@ -48,8 +63,9 @@ class LatentTab:
         path_text: str = "",
     ) -> Iterator[tuple]:
         """Yields (status, latent answer, CoT answer, top-token bars, entropy/norm, trajectory,
-        readout table) as the work proceeds: the latent run first, then the explicit chain of
-        thought token by token, then the joint PCA trajectory."""
+        readout table) as the work proceeds: each latent step as the loop produces it (with
+        its vocabulary readout), the visible answer token by token, then the explicit chain
+        of thought token by token, then the joint PCA trajectory."""
         from workbench import latent
         from workbench.generate import generate_stream, stop_token_ids
         from workbench.latent import readout
@@ -62,10 +78,23 @@ class LatentTab:
         none = gr.update()
         with self.ctx.registry.use(model) as bench:
             pol = self.policy(bench, policy_name, n_steps, upload, path_text)
-            yield f"running {policy_name} ({n_steps} latent steps)…", "", "", none, none, none, ""
-            trace = latent.run(bench, prompt, pol, max_new_tokens=n_new)
             tok = bench.tokenizer
-            bars = vl.top_tokens_figure(trace, tok, k=5, source="mixture" if trace.steps and trace.steps[0].mixture_ids is not None else "next")
+            yield f"running {policy_name} ({n_steps} latent steps)…", "", "", none, none, none, ""
+            partial: list = []
+            trace = None
+            for upd in latent.run_stream(bench, prompt, pol, max_new_tokens=n_new):
+                if upd.done:
+                    trace = upd.traces[0]
+                    break
+                if upd.new_steps:  # a latent step just landed: show it with its readout
+                    partial.extend(s for _, s in upd.new_steps)
+                    view = _partial_trace(pol, partial, upd.texts[0])
+                    last = partial[-1]
+                    status = f"latent step {last.index + 1}: next-token top {tok.decode([int(last.top_ids[0])])!r} ({float(last.top_probs[0]):.2f}), entropy {last.entropy:.2f}"
+                    yield status, upd.texts[0], "", self._bars(view, tok), vl.entropy_norm_figure(view), none, view.table(tok)
+                elif upd.tokens:
+                    yield f"decoding after {len(partial)} latent steps…", upd.texts[0], "", none, none, none, gr.update()
+            bars = self._bars(trace, tok)
             ent = vl.entropy_norm_figure(trace)
             table = trace.table(tok)
             status = f"{trace.method}: {trace.latent_steps} latent steps, exit {trace.exit} ({trace.exit_detail}); now the explicit chain of thought…"
@@ -88,10 +117,18 @@ class LatentTab:
         yield done, trace.text, cot_text, bars, ent, vl.trajectory_figure(traj), table
 
 
+def _partial_trace(pol: Any, steps: list, text: str) -> Any:
+    """A `LatentTrace` over the latent steps produced so far (for the live view)."""
+    from workbench.latent import LatentTrace
+
+    return LatentTrace(getattr(pol, "name", "latent"), [], [], text, None, None, len(steps), len(steps), 1, list(steps))
+
+
 def build_ui(ctx: AppContext) -> LatentTab:
     tab = LatentTab(ctx)
     gr.Markdown("Run a prompt through a latent loop: COCONUT and soft thinking need no file; a projection head "
-                "or a latent head needs its `.safetensors` file (uploaded, or in an allowed folder).")
+                "or a latent head needs its `.safetensors` file (uploaded, or in an allowed folder); `trained` reads the "
+                "`final` folder a latent training recipe wrote (path in an allowed folder).")
     with gr.Row():
         policy = gr.Dropdown(list(POLICIES), value="coconut", label="policy")
         steps = gr.Number(6, precision=0, label="latent steps", elem_id="latent-steps")

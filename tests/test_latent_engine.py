@@ -286,3 +286,26 @@ def test_coconut_markers_and_self_exit(qwen_tiny):
 
 def test_fast_stop_ids_match_the_loop(any_bench):
     assert stop_ids(any_bench) == stop_token_ids(any_bench.tokenizer, any_bench.hf)
+
+
+def test_stream_yields_each_step_as_produced_and_ends_with_the_run(qwen_tiny):
+    bench = qwen_tiny
+    pol = _policies(bench)["soft_thinking"]
+    updates = list(latent.run_stream(bench, [PROMPT, "Hi"], pol, max_new_tokens=3))
+    assert updates[-1].done and all(not u.done for u in updates[:-1])
+    traces = updates[-1].traces
+    ref = latent.run(bench, [PROMPT, "Hi"], pol, max_new_tokens=3)
+    for row in range(2):
+        streamed = [s for u in updates[:-1] for i, s in u.new_steps if i == row]
+        assert [s.index for s in streamed] == list(range(ref[row].latent_steps))
+        assert streamed == traces[row].steps  # the very objects, readout filled in when yielded
+        assert all(s.superposition is not None and s.nearest_ids is not None for s in streamed)
+        assert traces[row].visible_ids == ref[row].visible_ids
+        toks = [t for u in updates[:-1] for i, t in u.tokens if i == row]
+        assert toks == ref[row].visible_ids
+        for a, b in zip(streamed, ref[row].steps):
+            assert torch.equal(a.latent, b.latent) and torch.equal(a.superposition.ids, b.superposition.ids)
+    # a latent step is yielded at the loop step that computed it, before any visible token of its row
+    first_tok = next(k for k, u in enumerate(updates) if any(i == 0 for i, _ in u.tokens))
+    last_lat = max(k for k, u in enumerate(updates) if any(i == 0 for i, _ in u.new_steps))
+    assert last_lat < first_tok

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -116,8 +116,42 @@ def _default_thinking(bench: Any) -> bool | None:
     return True if token_id(bench.tokenizer, THINK_CLOSE) is not None else None
 
 
+@dataclass
+class LatentUpdate:
+    """One loop step of `run_stream`, as it is produced.
+
+    loop_step: the loop step index; new_steps: (row, LatentStep) computed this step (with
+    their readout when asked); tokens: [(row, token id)] visible tokens emitted this step;
+    texts: visible text so far per row; traces: the finished `LatentTrace` per row, set
+    only on the last update (done=True)."""
+
+    loop_step: int
+    new_steps: list[tuple[int, LatentStep]]
+    tokens: list[tuple[int, int]]
+    texts: list[str]
+    done: bool = False
+    traces: list[LatentTrace] | None = None
+
+
+def _is_single(x: Any) -> bool:
+    """One prompt (a string, one id list, a 1-D tensor) rather than a batch."""
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], int)) or (isinstance(x, Tensor) and x.ndim == 1)
+
+
+def _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking):
+    single = _is_single(prompt_or_ids)
+    if isinstance(prompt_or_ids, (list, tuple)) and prompt_or_ids and isinstance(prompt_or_ids[0], int):
+        prompt_or_ids = [list(prompt_or_ids)]
+    if enable_thinking is None and chat:
+        enable_thinking = _default_thinking(bench)
+    rows = _rows(bench, prompt_or_ids, chat, system, enable_thinking)
+    spec = policy.with_steps(steps) if steps is not None else policy
+    runner = spec.bind(bench, len(rows))  # validates everything before any forward
+    return single, rows, spec, runner
+
+
 @torch.no_grad()
-def run(
+def run_stream(
     bench: Any,
     prompt_or_ids: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor,
     policy: Any,
@@ -137,25 +171,11 @@ def run(
     readout: bool = True,
     k: int = 10,
     n_candidates: int = 64,
-) -> LatentTrace | list[LatentTrace]:
-    """Run `prompt_or_ids` (text through the chat template when `chat`, or token ids) through
-    `policy` (`Coconut`, `ProjectionHead`, `LatentHead`, `SoftThinking`) inside
-    `generate_stream`, then decode visibly (greedy at temperature 0).
-
-    steps: overrides the policy's step count / budget. Returns one `LatentTrace` for a single
-    prompt (a string or one id list), a list for several. With `readout`, every latent step
-    is decomposed onto the vocabulary (`k` nearest tokens, superposition over the
-    `n_candidates` cosine-nearest embeddings)."""
-    single = isinstance(prompt_or_ids, str) or (
-        isinstance(prompt_or_ids, (list, tuple)) and len(prompt_or_ids) > 0 and isinstance(prompt_or_ids[0], int)
-    ) or (isinstance(prompt_or_ids, Tensor) and prompt_or_ids.ndim == 1)
-    if isinstance(prompt_or_ids, (list, tuple)) and prompt_or_ids and isinstance(prompt_or_ids[0], int):
-        prompt_or_ids = [list(prompt_or_ids)]
-    if enable_thinking is None and chat:
-        enable_thinking = _default_thinking(bench)
-    rows = _rows(bench, prompt_or_ids, chat, system, enable_thinking)
-    spec = policy.with_steps(steps) if steps is not None else policy
-    runner = spec.bind(bench, len(rows))  # validates everything before any forward
+) -> Iterator[LatentUpdate]:
+    """`run`, one `LatentUpdate` per loop step as the loop produces it (each latent step
+    with its vocabulary readout as soon as it is computed); the last update has
+    `done=True` and the finished traces (always a list). Same arguments as `run`."""
+    _single, rows, spec, runner = _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking)
     B = len(rows)
     stops = stop_ids(bench)
     embed_norm = float(bench.arch.embed_norm)
@@ -163,6 +183,7 @@ def run(
     fed: list[list[tuple[str, int]]] = [[] for _ in range(B)]
     visible: list[list[int]] = [[] for _ in range(B)]
     hiddens: list[list[Tensor]] = [[] for _ in range(B)]
+    decode = lambda ids: bench.tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=False)  # noqa: E731
     t0 = time.perf_counter()
     for st in generate_stream(
         bench, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -171,12 +192,15 @@ def run(
         rec = st.records
         new = rec.get("new")
         lat_index = rec.get("latent_index")
-        logits = st.logits
+        new_steps: list[tuple[int, LatentStep]] = []
+        tokens: list[tuple[int, int]] = []
         for i in range(B):
             if bool(st.latent[i]):
                 hiddens[i].append(st.hidden[i].float().cpu())
                 if new is not None and bool(new[i]):
-                    out_steps[i].append(_make_step(i, st, rec, int(lat_index[i]), logits[i], embed_norm, k))
+                    step = _make_step(i, st, rec, int(lat_index[i]), st.logits[i], embed_norm, k)
+                    out_steps[i].append(step)
+                    new_steps.append((i, step))
                 fed[i].append(("latent", runner.n_steps[i] - 1))
             elif bool(st.forced[i]):
                 hiddens[i].append(st.hidden[i].float().cpu())
@@ -185,12 +209,13 @@ def run(
                 hiddens[i].append(st.hidden[i].float().cpu())
                 fed[i].append(("token", int(st.tokens[i])))
                 visible[i].append(int(st.tokens[i]))
-    wall = time.perf_counter() - t0
-    if readout:
-        from .readout import decompose_steps
+                tokens.append((i, int(st.tokens[i])))
+        if readout and new_steps:
+            from .readout import decompose_steps
 
-        for i in range(B):
-            decompose_steps(bench, out_steps[i], k=k, n_candidates=n_candidates)
+            decompose_steps(bench, [s for _, s in new_steps], k=k, n_candidates=n_candidates)
+        yield LatentUpdate(st.index, new_steps, tokens, [decode(v) for v in visible])
+    wall = time.perf_counter() - t0
     traces = []
     for i in range(B):
         traces.append(
@@ -198,7 +223,7 @@ def run(
                 method=getattr(spec, "name", type(spec).__name__),
                 prompt_ids=list(rows[i]),
                 visible_ids=visible[i],
-                text=bench.tokenizer.decode([t for t in visible[i] if t not in stops], skip_special_tokens=False),
+                text=decode(visible[i]),
                 exit=runner.exit[i],
                 exit_detail=runner.exit_detail[i],
                 latent_steps=runner.n_steps[i],
@@ -210,6 +235,32 @@ def run(
                 wall_time=wall,
             )
         )
+    yield LatentUpdate(-1, [], [], [t.text for t in traces], done=True, traces=traces)
+
+
+def run(
+    bench: Any,
+    prompt_or_ids: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor,
+    policy: Any,
+    **kwargs: Any,
+) -> LatentTrace | list[LatentTrace]:
+    """Run `prompt_or_ids` (text through the chat template when `chat`, or token ids) through
+    `policy` (`Coconut`, `ProjectionHead`, `LatentHead`, `SoftThinking`, `PauseTokens`)
+    inside `generate_stream`, then decode visibly (greedy at temperature 0).
+
+    Keyword arguments (those of `run_stream`): steps (overrides the policy's step count /
+    budget), max_new_tokens=64, temperature=0, top_k, top_p, min_p, seed, chat=True,
+    system, enable_thinking (default: on when the tokenizer has `</think>`), edits, steer,
+    readout=True (every latent step decomposed onto the vocabulary: `k`=10 nearest tokens,
+    superposition over the `n_candidates`=64 cosine-nearest embeddings).
+
+    Returns one `LatentTrace` for a single prompt (a string or one id list), a list for
+    several."""
+    single = _is_single(prompt_or_ids)
+    last = None
+    for last in run_stream(bench, prompt_or_ids, policy, **kwargs):
+        pass
+    traces = last.traces
     return traces[0] if single else traces
 
 
