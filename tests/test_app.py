@@ -199,6 +199,11 @@ def test_latent_tab_coconut_and_projection_head(app, smol):
     assert lat == ref.text and "2 latent steps" in status
     assert cot == wb.generate(smol, "What is 2 + 3?", max_new_tokens=6)
     assert len(outs) >= 4  # latent result, then the chain of thought token by token, then the trajectory
+    # latent steps stream as the loop produces them, each with its readout, before the answer
+    live = [o for o in outs if str(o[0]).startswith("latent step")]
+    assert [o[0].split(":")[0] for o in live] == ["latent step 1", "latent step 2"]
+    assert "step   0" in live[0][6] and "step   1" not in live[0][6] and "step   1" in live[1][6]
+    assert outs.index(live[1]) < next(i for i, o in enumerate(outs) if "latent steps, exit" in str(o[0]))
     names = {t.name for t in traj.data}
     assert names == {"explicit CoT", "latent steps"} and len(traj.data[1].x) == 2
     assert len(ent.data) >= 2 and len(bars.data) == 2
@@ -275,8 +280,32 @@ def test_training_tab_bad_input(app, vec):
         list(t.bake(MODEL, vec, "run", "melt"))
     with pytest.raises(gr.Error, match="plain name"):
         list(t.bake(MODEL, vec, "../run"))
-    with pytest.raises(gr.Error, match="no running bake"):
+    with pytest.raises(gr.Error, match="no running training run"):
         t.cancel("nothing")
+    with pytest.raises(gr.Error, match="recipe must be one of"):
+        list(t.latent_train(MODEL, "grokking", "run"))
+
+
+def test_training_tab_latent_recipe_and_trained_policy(app, micro_dir):
+    """A COCONUT curriculum launched from the UI (two steps per stage) with a live curve per
+    stage; the result becomes the selected model and runs as the Latent tab's `trained`
+    policy; a head recipe's folder does too, on its base model."""
+    demo, tabs, folder = app
+    base = str(micro_dir)
+    tabs["Training"].ctx.registry.slot(base)
+    outs = list(tabs["Training"].latent_train(base, "coconut", "coco-test", 2, False))
+    fig, status, key = outs[-1]
+    assert status.startswith("done (4 stage(s))") and key == str((folder / "coco-test" / "final" / "model").resolve())
+    assert [t.name for t in fig.data] == ["stage 1", "stage 2", "stage 3", "stage 4"]
+    assert any(str(o[1]).startswith("stage ") for o in outs[:-1])  # live rows while training
+    run = list(tabs["Latent reasoning"].run(key, "trained", "Ava has 3 apples. How many apples does Ava have now?", 6, 4, None, "coco-test/final"))
+    assert "coconut: 4 latent steps" in run[-1][0]
+    with pytest.raises(gr.Error, match="was trained on model"):
+        list(tabs["Latent reasoning"].run(MODEL, "trained", "2+2?", 6, 4, None, "coco-test/final"))
+    outs = list(tabs["Training"].latent_train(base, "pause", "pause-test", 2, False))
+    assert outs[-1][1].startswith("done; in the Latent tab") and "pause-test" in outs[-1][1]
+    run = list(tabs["Latent reasoning"].run(base, "trained", "Ava has 3 apples. How many apples does Ava have now?", 6, 4, None, "pause-test/final"))
+    assert "pause: 4 latent steps" in run[-1][0]
 
 
 @pytest.mark.slow
