@@ -38,7 +38,7 @@ _EXPORTS = {
     "RandomPrefix": "prefix",
     "transformer_lens_bridge": "interop",
 }
-_SUBMODULES = {"steering", "prefix", "sinks", "latent", "train", "tasks", "viz", "lens", "edits", "tokenizers", "trace", "models", "arch", "generate", "bench", "evaluate", "interop", "inputs"}
+_SUBMODULES = {"steering", "prefix", "sinks", "latent", "train", "tasks", "viz", "lens", "edits", "tokenizers", "trace", "models", "arch", "generate", "bench", "evaluate", "interop", "inputs", "remote"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

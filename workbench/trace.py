@@ -122,9 +122,14 @@ def trace_batch(
     positions: Positions = "last",
     edits: Sequence[Any] = (),
     want_logits: bool = False,
+    remote: bool | str = False,
 ) -> tuple[dict[int, Tensor], Tensor | None]:
     """One nnsight trace over a prepared batch: reduced residuals at `layers` (block outputs)
-    and optionally the last-position logits; `edits` applied in forward order."""
+    and optionally the last-position logits; `edits` applied in forward order.
+
+    remote: False (run here), True (send the trace to NDIF for a model it hosts; see
+    `workbench.remote`) or "local" (nnsight's serverless dry run: the request is serialized
+    and deserialized exactly as for NDIF, then run here)."""
     edits = validate_edits(edits, bench.arch.n_layers, bench.arch.d_model)
     by_layer: dict[int, list] = {}
     for e in edits:
@@ -137,7 +142,8 @@ def trace_batch(
     # Only the last position's logits are ever used: `logits_to_keep=1` spares the LM head
     # over every position (large for Qwen3.5's 248k vocabulary); with no logits wanted the
     # forward stops right after the last layer read.
-    with torch.no_grad(), bench.model.trace(**batch.model_kwargs(), logits_to_keep=1) as tracer:
+    extra = {"remote": remote} if remote else {}
+    with torch.no_grad(), bench.model.trace(**batch.model_kwargs(), logits_to_keep=1, **extra) as tracer:
         for l in touched:
             out = envs[l].output
             h = out[0] if isinstance(out, tuple) else out
@@ -154,7 +160,8 @@ def trace_batch(
             logits = bench.model.output.logits[:, -1].float().save()
         else:
             logits = None
-            tracer.stop()
+            if not remote:  # a remote job runs the whole forward
+                tracer.stop()
     return {l: saved[l].detach().cpu() for l in layers}, (logits.detach().cpu() if want_logits else None)
 
 
@@ -169,12 +176,13 @@ def capture(
     batch_size: int = 16,
     want_logits: bool = False,
     progress: bool = False,
+    remote: bool | str = False,
 ) -> Activations:
     """Residual-stream activations (block outputs) for `prompts` at `layers` (default: all).
 
     Raw text is tokenised as the tokenizer does by default (`chat=True` renders each prompt
     as a user turn). Runs in chunks of `batch_size` prompts, one trace per chunk with every
-    layer read in it; returns float32 tensors on the CPU.
+    layer read in it; returns float32 tensors on the CPU. `remote`: see `trace_batch`.
     """
     layer_list = check_layers(bench, layers)
     positions = _check_positions(positions)
@@ -191,7 +199,7 @@ def capture(
         starts = tqdm(starts, desc="capture", unit="batch")
     for s in starts:
         sub = _sub_batch(batch, s, s + batch_size)
-        data, logits = trace_batch(bench, sub, layer_list, positions, edits, want_logits)
+        data, logits = trace_batch(bench, sub, layer_list, positions, edits, want_logits, remote)
         for l in layer_list:
             t = data[l]
             if positions == "all":  # re-pad to the full batch width
@@ -224,10 +232,12 @@ def _sub_batch(batch: Batch, start: int, stop: int) -> Batch:
 
 
 def run_with_edits(
-    bench: Any, prompts: str | Sequence[str], edits: Sequence[Any], layers: Sequence[int] = (), *, chat: bool = False
+    bench: Any, prompts: str | Sequence[str], edits: Sequence[Any], layers: Sequence[int] = (), *, chat: bool = False,
+    remote: bool | str = False,
 ) -> Activations:
-    """Forward `prompts` with `edits` applied; last-position logits plus any `layers`."""
+    """Forward `prompts` with `edits` applied; last-position logits plus any `layers`
+    (`remote` as in `trace_batch`)."""
     layer_list = check_layers(bench, layers) if layers else []
     batch = encode(bench, prompts, chat=chat)
-    data, logits = trace_batch(bench, batch, layer_list, "last", edits, want_logits=True)
+    data, logits = trace_batch(bench, batch, layer_list, "last", edits, want_logits=True, remote=remote)
     return Activations(data, "last", batch.input_ids, batch.attention_mask, batch.lengths, logits)
