@@ -1,4 +1,4 @@
-"""`python -m workbench.train` / `workbench train`: recipes listed, unimplemented ones say so."""
+"""`python -m workbench.train` / `workbench train`: recipes listed, configs resolved, a latent recipe end to end."""
 
 from __future__ import annotations
 
@@ -22,12 +22,25 @@ def test_help_lists_every_recipe(capsys):
     assert "projection-head" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", [n for n, r in RECIPES.items() if r.run is None])
-def test_unimplemented_recipes_fail_clearly(name, capsys, tmp_path):
-    assert main([name, "--out", str(tmp_path / "x")]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
-    assert cli_main(["train", name]) == 2
-    assert not (tmp_path / "x").exists()
+def test_every_recipe_is_implemented():
+    assert all(r.run is not None and r.config_class is not None for r in RECIPES.values())
+
+
+def test_latent_recipe_through_the_command_line(micro_dir, tmp_path, capsys):
+    out = tmp_path / "pause"
+    sets = ["--set", f"model={json.dumps(str(micro_dir))}", "--set", "steps=2", "--set", "n_train=8", "--set", "batch_size=4",
+            "--set", "eval_n=0", "--set", "progress=false", "--set", "device=\"cpu\""]  # fmt: skip
+    assert main(["pause", "--out", str(out), *sets]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["status"] == "done" and (out / "final" / "latent_policy.json").is_file()
+    # a finished run resumed is a no-op that still writes its result; a fresh run refuses to overwrite
+    assert main(["pause", "--out", str(out), *sets, "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["pause", "--out", str(out), *sets]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    # the latent head needs </think> to self-exit: a model without one is refused before any training
+    assert main(["latent-head", "--out", str(tmp_path / "c"), "--set", "model=\"smollm2-135m\"", "--set", "device=\"cpu\"", "--set", "n_train=8"]) == 2
+    assert "</think>" in capsys.readouterr().err and not (tmp_path / "c" / "final").exists()
 
 
 def test_config_file_and_overrides_resolve(tmp_path, capsys):

@@ -210,8 +210,24 @@ def test_recipe_bad_input(micro_dir, smol, tmp_path):
     with pytest.raises(ValueError, match="targets"):
         PauseConfig(targets="teacher")
     with pytest.raises(ValueError, match="</think>"):
-        run_pause(PauseConfig(out_dir=str(tmp_path / "x"), **RECIPE), bench=smol)
+        run_latent_head(LatentHeadConfig(out_dir=str(tmp_path / "x"), **RECIPE), bench=smol)
     with pytest.raises(ValueError, match="no latent_policy.json"):
         latent.load_policy(str(tmp_path))
     with pytest.raises(ValueError, match="empty|n_train"):
         CoconutConfig(n_train=0)
+
+
+def test_recipes_on_a_model_without_a_thinking_block(smol, tmp_path):
+    """SmolLM2 has no </think>: COCONUT latents sit between the prompt and the answer (no end
+    marker), trained through LoRA and merged; what it saves runs in the engine."""
+    p = arith.eval_problems("2 steps", 1)[0]
+    e = arith.encode_problems(smol.tokenizer, [p])[0]
+    assert "<think>" not in smol.tokenizer.decode(e.prompt) and smol.tokenizer.decode(e.suffix).startswith("#### ")
+    bench = wb.load("smollm2-135m", device="cpu")  # its own copy: the recipe fine-tunes (and merges into) it
+    cfg = CoconutConfig(model="smollm2-135m", out_dir=str(tmp_path / "c"), max_reasoning_steps=1, lora_rank=4, lora_targets=["q_proj", "v_proj"],
+                        train_modules=[], **{**RECIPE, "steps": 1, "n_train": 4, "batch_size": 2})  # fmt: skip
+    res = run_coconut(cfg, bench=bench)
+    spec, model = latent.load_policy(res["final"])
+    assert spec.end is None and spec.steps == 1 and model.endswith("model")
+    tr = latent.run(wb.load(model, device="cpu"), p.question, spec, max_new_tokens=2, readout=False)
+    assert tr.latent_steps == 1 and tr.exit == "fixed"

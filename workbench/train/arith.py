@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..tasks import Problem, arithmetic_problems
+from .config import TrainConfig
 
 # name -> (reasoning steps, operand digits); all with seed 0 (the `arith-easy` task is "2 steps")
 EVAL_SETS: dict[str, tuple[int, int]] = {"2 steps": (2, 1), "3 steps": (3, 1), "4 steps": (4, 1)}
@@ -68,6 +69,30 @@ def training_problems(n: int, min_steps: int = 1, max_steps: int = 4, digits: in
     return out
 
 
+@dataclass
+class ArithData(TrainConfig):
+    """The training-data options every arithmetic recipe shares: `n_train` problems with
+    `min_reasoning_steps..max_reasoning_steps` steps of `digits`-digit operands (never a
+    held-out eval question)."""
+
+    n_train: int = 4000
+    min_reasoning_steps: int = 1
+    max_reasoning_steps: int = 4
+    digits: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
+            raise ValueError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
+        if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 1:
+            raise ValueError(f"n_train must be an integer >= 1, got {self.n_train!r}")
+        if self.digits not in (1, 2, 3):
+            raise ValueError(f"digits must be 1, 2 or 3, got {self.digits!r}")
+
+    def problems(self, seed: int) -> list[Problem]:
+        return training_problems(self.n_train, self.min_reasoning_steps, self.max_reasoning_steps, self.digits, seed=seed)
+
+
 # --------------------------------------------------------------------------- encoding
 
 
@@ -78,7 +103,7 @@ class Encoded:
     problem: Problem
     prompt: list[int]  # chat prompt with thinking on (ends with "<think>\n")
     steps: list[list[int]]  # one id list per reasoning step line ("a + b = c\n")
-    suffix: list[int]  # "</think>\n\n#### ans<|im_end|>"
+    suffix: list[int]  # "</think>\n\n#### ans<|im_end|>" ("#### ans<end>" for a model without </think>)
     prompt_direct: list[int]  # chat prompt with thinking off (ends with an empty think block)
     answer: list[int]  # "#### ans<|im_end|>"
 
@@ -101,15 +126,18 @@ def encode_problems(tokenizer: Any, problems: Sequence[Problem]) -> list[Encoded
 
     if not problems:
         return []
-    close = "</think>"
-    end = tokenizer.eos_token if "im_end" in str(tokenizer.eos_token) else "<|im_end|>"
-    p_think = [chat_text(tokenizer, prompt_for(p, "cot"), enable_thinking=True) for p in problems]
-    p_direct = [chat_text(tokenizer, prompt_for(p, "no_think"), enable_thinking=False) for p in problems]
+    from ..latent.policies import token_id
+
+    thinking = token_id(tokenizer, "</think>") is not None
+    end = "<|im_end|>" if token_id(tokenizer, "<|im_end|>") is not None else tokenizer.eos_token
+    # a model without </think> (no thinking block): the chain follows the prompt directly
+    p_think = [chat_text(tokenizer, prompt_for(p, "cot"), enable_thinking=True if thinking else None) for p in problems]
+    p_direct = [chat_text(tokenizer, prompt_for(p, "no_think"), enable_thinking=False if thinking else None) for p in problems]
     step_lines = [s + "\n" for p in problems for s in p.steps]
     answers = [f"#### {_fmt_number(p.answer)}{end}" for p in problems]
     enc = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []  # noqa: E731
     ids_think, ids_direct, ids_steps, ids_ans = enc(p_think), enc(p_direct), enc(step_lines), enc(answers)
-    close_nl = enc([f"{close}\n\n"])[0]
+    close_nl = enc(["</think>\n\n"])[0] if thinking else []
     out, k = [], 0
     for i, p in enumerate(problems):
         steps = ids_steps[k : k + len(p.steps)]
@@ -196,4 +224,4 @@ class VocabView:
         return logits[:, j] - torch.logsumexp(torch.cat([logits, zero], -1), -1)
 
 
-__all__ = ["EVAL_SETS", "eval_problems", "training_problems", "Encoded", "encode_problems", "pad_right", "restricted_ce", "VocabView"]
+__all__ = ["ArithData", "EVAL_SETS", "eval_problems", "training_problems", "Encoded", "encode_problems", "pad_right", "restricted_ce", "VocabView"]

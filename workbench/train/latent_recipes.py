@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..paths import atomic_dir, atomic_write_text
-from .arith import EVAL_SETS, Encoded, VocabView, encode_problems, eval_problems, training_problems
-from .config import TrainConfig
-from .loop import StepLoss, TrainResult, prepare_trainable, train
+from .arith import EVAL_SETS, ArithData, Encoded, VocabView, encode_problems, eval_problems
+from .loop import StepLoss, prepare_trainable, train
 
 POLICY_FILE = "latent_policy.json"
 CLOSE = "</think>"
@@ -42,21 +41,15 @@ CLOSE = "</think>"
 
 
 @dataclass
-class LatentRecipeConfig(TrainConfig):
-    """Shared options of the latent recipes (on top of the trainer's).
-
-    Data: `n_train` problems with `min_reasoning_steps..max_reasoning_steps` steps of
-    `digits`-digit operands (never a held-out eval question). The base model's own
+class LatentRecipeConfig(ArithData):
+    """Shared options of the latent recipes (on top of the trainer's and the data's,
+    `ArithData`). The base model's own
     parameters train when `train_modules` (regular expressions) or `lora_rank` say so;
     `train_modules=[]` keeps it frozen. `eval_n` held-out problems per eval set are scored
     through the latent engine at the end (0: skip)."""
 
     model: str = "qwen3.5-micro"
     out_dir: str = "runs/latent"
-    n_train: int = 4000
-    min_reasoning_steps: int = 1
-    max_reasoning_steps: int = 4
-    digits: int = 1
     eval_n: int = 32
     steps: int = 300
     batch_size: int = 16
@@ -64,15 +57,12 @@ class LatentRecipeConfig(TrainConfig):
     warmup_steps: int = 20
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
-    train_modules: list[str] = field(default_factory=lambda: ["."])
+    # the decoder blocks and the final norm; the (tied, 248k-row) embedding stays as it is
+    train_modules: list[str] = field(default_factory=lambda: [r"\.layers\.", r"^model\.norm\."])
     ckpt_every: int = 100
 
     def validate(self) -> None:
         super().validate()
-        if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
-            raise ValueError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
-        if self.n_train < 1:
-            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
         if self.eval_n < 0:
             raise ValueError(f"eval_n must be >= 0, got {self.eval_n}")
 
@@ -303,13 +293,12 @@ def after_loss(vocab: VocabView, u: Unrolled, weights: Tensor | None = None) -> 
     return vocab.ce(pred[sel], u.after_ids[sel]), n
 
 
-def close_id(tokenizer: Any) -> int:
+def close_id(tokenizer: Any) -> int | None:
+    """`</think>`'s id, or None for a model without a thinking block (then the latents sit
+    between the prompt and the answer, and no end marker is fed)."""
     from ..latent.policies import token_id
 
-    tid = token_id(tokenizer, CLOSE)
-    if tid is None:
-        raise ValueError(f"the latent recipes need a thinking tokenizer with a {CLOSE!r} token (e.g. qwen3.5-micro)")
-    return tid
+    return token_id(tokenizer, CLOSE)
 
 
 def answer_index(e: Encoded, tokenizer: Any) -> int:
@@ -330,7 +319,11 @@ class Setup:
     cfg: LatentRecipeConfig
     data: list[Encoded]
     vocab: VocabView
-    close: int
+    close: int | None
+
+    @property
+    def end(self) -> str | None:
+        return CLOSE if self.close is not None else None
 
 
 def setup(cfg: LatentRecipeConfig, bench: Any = None) -> Setup:
@@ -338,7 +331,7 @@ def setup(cfg: LatentRecipeConfig, bench: Any = None) -> Setup:
 
     if bench is None:
         bench = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    problems = training_problems(cfg.n_train, cfg.min_reasoning_steps, cfg.max_reasoning_steps, cfg.digits, seed=2000 + cfg.seed)
+    problems = cfg.problems(seed=2000 + cfg.seed)
     data = encode_problems(bench.tokenizer, problems)
     if not data:
         raise ValueError("the training corpus is empty")
@@ -415,12 +408,12 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
     s.bench.hf = hf
     hf.eval()
     steps = cfg.stages * c
-    spec = Coconut(steps=steps, end=CLOSE)
+    spec = Coconut(steps=steps, end=s.end)
     results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
 
     def write(tmp: Path) -> None:
         _save_model(hf, s.bench.tokenizer, tmp / "model")
-        _write_policy(tmp, {"method": "coconut", "model": "model", "steps": steps, "end": CLOSE, "begin": None, "stop": None})
+        _write_policy(tmp, {"method": "coconut", "model": "model", "steps": steps, "end": s.end, "begin": None, "stop": None})
 
     return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
 
@@ -428,17 +421,26 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
 # --------------------------------------------------------------------------- projection head
 
 
-def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
-    import copy
+def _frozen_copy(hf: nn.Module) -> nn.Module:
+    """An independent frozen copy of a transformers model (built from its config, weights
+    copied; not `copy.deepcopy`, which would drag along whatever wraps the model)."""
+    p = next(hf.parameters())
+    with torch.random.fork_rng(devices=[]):
+        teacher = type(hf)(hf.config)
+    teacher.load_state_dict(hf.state_dict())
+    teacher.to(device=p.device, dtype=p.dtype).eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    return teacher
 
+
+def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
     from ..latent.heads import ProjectionModule
     from ..latent.policies import ProjectionHead
 
     s = setup(cfg, bench)
     hf = s.bench.hf
-    teacher = copy.deepcopy(hf).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = _frozen_copy(hf)
     d = s.bench.arch.d_model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -479,14 +481,14 @@ def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = Non
     hf = _merged(model.base).eval()
     s.bench.hf = hf
     tensors = {k: v.detach().float().cpu() for k, v in head.state_dict().items()}
-    spec = ProjectionHead(tensors, steps=K, end=CLOSE)
+    spec = ProjectionHead(tensors, steps=K, end=s.end)
     results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
 
     def write(tmp: Path) -> None:
         if base_trained:
             _save_model(hf, tok, tmp / "model")
         _save_tensors(tmp / "projection_head.safetensors", tensors)
-        _write_policy(tmp, {"method": "projection", "model": "model" if base_trained else cfg.model, "steps": K, "end": CLOSE, "head": "projection_head.safetensors"})
+        _write_policy(tmp, {"method": "projection", "model": "model" if base_trained else cfg.model, "steps": K, "end": s.end, "head": "projection_head.safetensors"})
 
     return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
 
@@ -551,6 +553,8 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
     from ..latent.policies import LatentHead
 
     s = setup(cfg, bench)
+    if s.close is None:
+        raise ValueError(f"the latent head ends thinking by self-exit on {CLOSE!r}, which the tokenizer of {cfg.model!r} lacks; use a thinking model (e.g. qwen3.5-micro)")
     hf = s.bench.hf
     for p in hf.parameters():
         p.requires_grad_(False)

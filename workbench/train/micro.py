@@ -36,8 +36,7 @@ import torch
 from torch import Tensor
 
 from ..paths import atomic_write_text, workbench_cache_dir
-from .arith import EVAL_SETS, Encoded, encode_problems, eval_problems, pad_right, restricted_ce, training_problems
-from .config import TrainConfig
+from .arith import EVAL_SETS, ArithData, Encoded, encode_problems, eval_problems, pad_right, restricted_ce
 from .loop import StepLoss, prepare_trainable, train
 
 CACHE_KEY = "qwen3.5-micro-v1"
@@ -46,7 +45,7 @@ INFO_FILE = "micro.json"
 
 
 @dataclass
-class MicroConfig(TrainConfig):
+class MicroConfig(ArithData):
     """Options of the micro model (shape, data) on top of the trainer's.
 
     out_dir "" means the machine cache that `load("qwen3.5-micro")` reads; anything else
@@ -60,9 +59,6 @@ class MicroConfig(TrainConfig):
     layer_types: list[str] = field(default_factory=lambda: ["linear_attention", "full_attention", "linear_attention", "full_attention"])
     num_heads: int = 4
     n_train: int = 24000
-    min_reasoning_steps: int = 1
-    max_reasoning_steps: int = 4
-    digits: int = 1
     direct_fraction: float = 0.25
     eval_n: int = 48
     steps: int = 1400
@@ -86,12 +82,8 @@ class MicroConfig(TrainConfig):
             raise ValueError(f"layer_types must be a non-empty list of 'linear_attention' / 'full_attention', got {self.layer_types!r}")
         if self.hidden_size % self.num_heads or self.hidden_size < 8:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
-            raise ValueError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
         if not 0.0 <= self.direct_fraction <= 1.0:
             raise ValueError(f"direct_fraction must be in [0, 1], got {self.direct_fraction}")
-        if self.n_train < 1:
-            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
 
 
 def shape_kwargs(cfg: MicroConfig) -> dict[str, Any]:
@@ -114,7 +106,7 @@ class MicroData:
 
 
 def build_data(tokenizer: Any, cfg: MicroConfig) -> MicroData:
-    problems = training_problems(cfg.n_train, cfg.min_reasoning_steps, cfg.max_reasoning_steps, cfg.digits, seed=1000 + cfg.seed)
+    problems = cfg.problems(seed=1000 + cfg.seed)
     enc = encode_problems(tokenizer, problems)
     rng = random.Random(f"micro-direct:{cfg.seed}")
     rows = [e.direct() if rng.random() < cfg.direct_fraction else e.cot() for e in enc]
