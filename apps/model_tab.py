@@ -83,8 +83,11 @@ def _strip_stop(bench: Any, text: str) -> str:
 def build_ui(ctx: AppContext) -> ModelTab:
     tab = ModelTab(ctx)
     gr.Markdown("Choose a model. The embedded **smollm2-135m** (real SmolLM2-135M-Instruct weights) and "
-                "**qwen3.5-tiny** (random hybrid Qwen3.5 with the real tokenizer) run offline; a local folder "
-                "must lie inside a folder the app was started with (`--allow-dir`).")
+                "**qwen3.5-tiny** (random hybrid Qwen3.5 with the real tokenizer) run offline; **qwen3.5-micro** "
+                "(a Qwen3.5 micro model trained on arithmetic with `<think>` chains, for the latent tabs) is trained "
+                "the first time it is loaded on a machine (about 18 minutes on 2 CPU cores; `workbench train micro` "
+                "does it ahead of time), then read from the cache. A local folder must lie inside a folder the app was "
+                "started with (`--allow-dir`).")
     with gr.Row():
         choice = gr.Dropdown(model_choices(), value=ctx.default_model, label="model", scale=2)
         path = gr.Textbox(label="local model folder (for 'local path…')", placeholder="path inside an allowed folder", scale=3)
