@@ -445,7 +445,7 @@ def _qwen35_tiny(dev: torch.device, dt: torch.dtype):
 @register(
     "qwen3.5-micro",
     "Qwen3.5-architecture micro model (4 hybrid layers, d_model 128) trained from scratch on multi-step arithmetic with <think> chains; "
-    "trained once per machine on first use (about 15 minutes on 2 CPU cores), then cached",
+    "trained once per machine on first use (about 18 minutes on 2 CPU cores), then cached",
 )
 def _qwen35_micro(dev: torch.device, dt: torch.dtype):
     from transformers import Qwen3_5ForCausalLM

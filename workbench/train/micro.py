@@ -9,7 +9,8 @@ Design, so that it trains in minutes on a 2-core CPU:
 
 * Small and hybrid: d_model 128, four blocks alternating Gated DeltaNet and full
   attention (the Qwen3.5 classes; the 3:1 ratio of the big models is a config choice, and
-  at four blocks two attention layers copy operands more reliably), tied embeddings.
+  here two of the four blocks get softmax attention for copying operands out of the
+  question; no other ratio was tried), tied embeddings.
 * Loss only where needed: next-token loss on the answer side (steps, `</think>`, answer),
   never on the prompt.
 * A compact vocabulary while training: the model is trained over the few hundred token
@@ -288,7 +289,7 @@ def micro_model_dir(cfg: MicroConfig | None = None) -> Path:
     cfg = cfg.replace(out_dir=str(run_dir))
     resume = (run_dir / "checkpoint").exists()
     print(
-        f"[workbench] training {MODEL_NAME} once on this machine ({cfg.steps} steps; about 15 minutes on 2 CPU cores)"
+        f"[workbench] training {MODEL_NAME} once on this machine ({cfg.steps} steps; about 18 minutes on 2 CPU cores)"
         + (f", resuming {run_dir}" if resume else "") + "; later loads read the cache",
         file=sys.stderr,
     )  # fmt: skip
