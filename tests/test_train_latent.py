@@ -213,6 +213,17 @@ def test_recipe_bad_input(micro_dir, smol, tmp_path):
         run_latent_head(LatentHeadConfig(out_dir=str(tmp_path / "x"), **RECIPE), bench=smol)
     with pytest.raises(ValueError, match="no latent_policy.json"):
         latent.load_policy(str(tmp_path))
+    (tmp_path / "latent_policy.json").write_text('{"method": "coconut"}')
+    with pytest.raises(ValueError, match="needs 'steps', a positive integer; got None"):
+        latent.load_policy(str(tmp_path))
+    (tmp_path / "latent_policy.json").write_text("[1]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        latent.load_policy(str(tmp_path))
+    from workbench.latent.results import results
+
+    with pytest.raises(ValueError, match=r"unknown recipe\(s\) \['cocnut'\]"):
+        results(tmp_path / "r", recipes=("cocnut",))
+    assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="empty|n_train"):
         CoconutConfig(n_train=0)
 

@@ -598,14 +598,23 @@ def load_policy(folder: str) -> tuple[Any, str]:
         cfg = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     base = cfg_path.parent
     method = cfg.get("method")
     model = cfg.get("model", "")
     model = str(base / model) if model and (base / model).exists() else model
+
+    def steps() -> int:
+        v = cfg.get("steps")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{cfg_path}: method {method!r} needs 'steps', a positive integer; got {v!r}")
+        return v
+
     if method == "coconut":
-        spec: Any = Coconut(steps=int(cfg["steps"]), begin=cfg.get("begin"), end=cfg.get("end"), stop=cfg.get("stop"))
+        spec: Any = Coconut(steps=steps(), begin=cfg.get("begin"), end=cfg.get("end"), stop=cfg.get("stop"))
     elif method == "projection":
-        spec = ProjectionHead.load(str(base / cfg.get("head", PROJECTION_FILE)), steps=int(cfg["steps"]), end=cfg.get("end"))
+        spec = ProjectionHead.load(str(base / cfg.get("head", PROJECTION_FILE)), steps=steps(), end=cfg.get("end"))
     elif method == "latent_head":
         spec = LatentHead.load(str(base / cfg.get("head", LATENT_HEAD_FILE)))
     elif method == "pause":

@@ -33,7 +33,7 @@ def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, ove
         return final, json.loads(summary_path.read_text())
     cls, run = RUNNERS[recipe]
     cfg = cls(model=model, out_dir=str(run_dir), eval_n=0, **(overrides or {}))
-    resume = any((run_dir / d / "checkpoint").exists() for d in ["."] + [f"stage{k}" for k in range(9)])
+    resume = (run_dir / "checkpoint").exists() or any(run_dir.glob("stage*/checkpoint"))  # an interrupted run
     t0 = time.perf_counter()
     res = run(cfg, resume=resume)
     if res.get("status") != "done":
@@ -63,6 +63,10 @@ def results(
     from .eval import evaluate
     from .policies import load_policy
 
+    known = [r for _, r in RECIPE_ROWS]
+    unknown = [r for r in (recipes or ()) if r not in known]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {unknown}; valid: {', '.join(known)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = load(model, device="cpu")
