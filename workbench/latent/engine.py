@@ -139,7 +139,6 @@ def _is_single(x: Any) -> bool:
 
 
 def _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking):
-    single = _is_single(prompt_or_ids)
     if isinstance(prompt_or_ids, (list, tuple)) and prompt_or_ids and isinstance(prompt_or_ids[0], int):
         prompt_or_ids = [list(prompt_or_ids)]
     if enable_thinking is None and chat:
@@ -147,7 +146,7 @@ def _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking)
     rows = _rows(bench, prompt_or_ids, chat, system, enable_thinking)
     spec = policy.with_steps(steps) if steps is not None else policy
     runner = spec.bind(bench, len(rows))  # validates everything before any forward
-    return single, rows, spec, runner
+    return rows, spec, runner
 
 
 @torch.no_grad()
@@ -175,7 +174,7 @@ def run_stream(
     """`run`, one `LatentUpdate` per loop step as the loop produces it (each latent step
     with its vocabulary readout as soon as it is computed); the last update has
     `done=True` and the finished traces (always a list). Same arguments as `run`."""
-    _single, rows, spec, runner = _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking)
+    rows, spec, runner = _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking)
     B = len(rows)
     stops = stop_ids(bench)
     embed_norm = float(bench.arch.embed_norm)

@@ -58,14 +58,19 @@ def prompt_for(problem: Problem, method: str) -> str:
     return f"{problem.question}\nThink step by step. {INSTRUCTION}"
 
 
-def _split_thinking(ids: list[int], close: int | None, thinking: bool) -> tuple[int, list[int], str | None]:
-    """(think tokens, visible ids after thinking, exit) of one generated row."""
-    if not thinking or close is None:
-        return 0, ids, None
-    if close in ids:
+def _split_at_close(ids: list[int], close: int | None) -> tuple[int, list[int]] | None:
+    """(think tokens, ids after the model's own `</think>`), or None when it wrote none."""
+    if close is not None and close in ids:
         k = ids.index(close)
-        return k, ids[k + 1 :], "self_exit"
-    return len(ids), [], "maxed"
+        return k, ids[k + 1 :]
+    return None
+
+
+def _row(bench: Any, stops: set[int], method: str, p: Problem, vis: list[int], **counts: Any) -> EvalRow:
+    """Score the visible ids `vis` of one problem; `counts`: the remaining EvalRow fields."""
+    text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
+    pred = extract_answer(text)
+    return EvalRow(method, p.id, p.answer, pred, is_correct(pred, p.answer), visible_tokens=len(vis), text=text, **counts)
 
 
 def _baseline(bench: Any, problems: Sequence[Problem], method: str, max_new_tokens: int, think_budget: int) -> list[EvalRow]:
@@ -73,21 +78,23 @@ def _baseline(bench: Any, problems: Sequence[Problem], method: str, max_new_toke
     from .policies import stop_ids, token_id
 
     close = token_id(bench.tokenizer, "</think>")
-    thinking = close is not None
+    thinking = method == "cot" and close is not None
     stops = stop_ids(bench)
     t0 = time.perf_counter()
-    budget = max_new_tokens + (think_budget if method == "cot" and thinking else 0)
+    budget = max_new_tokens + (think_budget if thinking else 0)
     res = generate_full(
         bench, [prompt_for(p, method) for p in problems], max_new_tokens=budget,
-        enable_thinking=(method == "cot") if thinking else None, stop_ids=stops,
+        enable_thinking=(method == "cot") if close is not None else None, stop_ids=stops,
     )  # fmt: skip
     wall = (time.perf_counter() - t0) / len(problems)
     rows = []
     for p, ids in zip(problems, res.token_ids):
-        think, vis, exit = _split_thinking(list(ids), close, method == "cot" and thinking)
-        text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
-        pred = extract_answer(text)
-        rows.append(EvalRow(method, p.id, p.answer, pred, is_correct(pred, p.answer), 0, 0, think, len(vis), exit, wall, text))
+        ids = list(ids)
+        think, vis, exit = 0, ids, None
+        if thinking:
+            split = _split_at_close(ids, close)
+            think, vis, exit = (*split, "self_exit") if split else (len(ids), [], "maxed")
+        rows.append(_row(bench, stops, method, p, vis, latent_steps=0, latent_positions=0, think_steps=think, exit=exit, wall_time=wall))
     return rows
 
 
@@ -106,14 +113,10 @@ def _latent(bench: Any, problems: Sequence[Problem], method: str, policy: Any, m
     rows = []
     for p, tr in zip(problems, traces):
         ids = list(tr.visible_ids)
-        think, vis = 0, ids
-        if close is not None and close in ids:
-            think, vis = ids.index(close), ids[ids.index(close) + 1 :]
-        text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
-        pred = extract_answer(text)
-        rows.append(EvalRow(
-            method, p.id, p.answer, pred, is_correct(pred, p.answer), tr.latent_steps, tr.latent_positions, think, len(vis),
-            tr.exit, wall, text,
+        think, vis = _split_at_close(ids, close) or (0, ids)
+        rows.append(_row(
+            bench, stops, method, p, vis, latent_steps=tr.latent_steps, latent_positions=tr.latent_positions, think_steps=think,
+            exit=tr.exit, wall_time=wall,
         ))  # fmt: skip
     return rows
 

@@ -17,6 +17,7 @@ never returns a question that appears in them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
@@ -150,8 +151,9 @@ def encode_problems(tokenizer: Any, problems: Sequence[Problem]) -> list[Encoded
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad: int = 0) -> tuple[Tensor, Tensor]:
-    """[B, T] ids padded on the right, and the [B, T] validity mask."""
-    T = max(len(r) for r in rows)
+    """[B, T] ids padded on the right, and the [B, T] validity mask (T >= 1 even when every
+    row is empty, so a forward over them still has a position)."""
+    T = max(max(len(r) for r in rows), 1)
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.bool)
     for i, r in enumerate(rows):
@@ -166,12 +168,15 @@ def restricted_ce(hidden: Tensor, targets: Tensor, weight: Tensor, n_zero: int =
     `n_zero` rows that are exactly zero (their logits are 0): the exact full-vocabulary
     loss at the cost of U logits. n_zero=0 is the ordinary loss over `weight`."""
     logits = hidden.float() @ weight.float().t()
-    if n_zero > 0:
-        zero = torch.full((logits.shape[0], 1), float(torch.log(torch.tensor(float(n_zero)))), dtype=logits.dtype, device=logits.device)
-        lse = torch.logsumexp(torch.cat([logits, zero], dim=-1), dim=-1)
-    else:
-        lse = torch.logsumexp(logits, dim=-1)
-    return (lse - logits.gather(-1, targets[:, None])[:, 0]).mean()
+    return (_full_logsumexp(logits, n_zero) - logits.gather(-1, targets[:, None])[:, 0]).mean()
+
+
+def _full_logsumexp(logits: Tensor, n_zero: int) -> Tensor:
+    """[N] logsumexp over `logits` [N, U] plus `n_zero` more logits that are exactly 0."""
+    if n_zero <= 0:
+        return torch.logsumexp(logits, dim=-1)
+    zero = torch.full_like(logits[:, :1], math.log(n_zero))
+    return torch.logsumexp(torch.cat([logits, zero], dim=-1), dim=-1)
 
 
 class VocabView:
@@ -220,8 +225,7 @@ class VocabView:
         if j < 0:
             raise ValueError(f"token {token} has an all-zero unembedding row")
         logits = hidden.float() @ W[self.ids.to(W.device)].float().t()
-        zero = torch.full_like(logits[:, :1], float(torch.log(torch.tensor(float(self.V - len(self.ids))))))
-        return logits[:, j] - torch.logsumexp(torch.cat([logits, zero], -1), -1)
+        return logits[:, j] - _full_logsumexp(logits, self.V - len(self.ids))
 
 
 __all__ = ["ArithData", "EVAL_SETS", "eval_problems", "training_problems", "Encoded", "encode_problems", "pad_right", "restricted_ce", "VocabView"]

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..paths import atomic_dir, atomic_write_text
-from .arith import EVAL_SETS, ArithData, Encoded, VocabView, encode_problems, eval_problems
+from ..inputs import pad_left
+from .arith import EVAL_SETS, ArithData, Encoded, VocabView, encode_problems, eval_problems, pad_right
 from .loop import StepLoss, prepare_trainable, train
 
 POLICY_FILE = "latent_policy.json"
@@ -211,26 +212,16 @@ def _base_forward(hf: nn.Module, embeds: Tensor, mask: Tensor, hidden_states: bo
 def _left_pad_embeds(hf: nn.Module, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
     """Left-padded prompt embeddings [B, P, d], mask [B, P] and ids (-1 at padding)."""
     emb = hf.get_input_embeddings()
-    dev = emb.weight.device
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), -1, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, P - len(r) :] = torch.as_tensor(list(r))
-    ids = ids.to(dev)
-    mask = (ids >= 0).long()
+    b = pad_left(rows, -1)
+    ids, mask = b.input_ids.to(emb.weight.device), b.attention_mask.to(emb.weight.device)
     return emb(ids.clamp(min=0)) * mask[..., None].to(emb.weight.dtype), mask, ids
 
 
 def _right_pad(hf: nn.Module, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded embeddings [B, S, d], mask [B, S] (long) and ids (0 at padding)."""
     emb = hf.get_input_embeddings()
-    dev = emb.weight.device
-    S = max(max(len(r) for r in rows), 1)
-    ids = torch.zeros(len(rows), S, dtype=torch.long)
-    mask = torch.zeros(len(rows), S, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
+    ids, mask = pad_right(rows)
+    ids, mask = ids.to(emb.weight.device), mask.long().to(emb.weight.device)
     return emb(ids), mask, ids
 
 
@@ -522,11 +513,7 @@ def latent_head_stepper(head: nn.Module, hf: nn.Module, prompts: Sequence[Sequen
 
     rotary = base_model(hf).rotary_emb
     emb, lm_head = hf.get_input_embeddings(), hf.get_output_embeddings()
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), -1, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p) :] = torch.as_tensor(list(p))
-    ids = ids.to(emb.weight.device)
+    ids = pad_left(prompts, -1).input_ids.to(emb.weight.device)  # -1 at padding, as the engine's prompt ids
     state: dict[str, Tensor] = {}
 
     def next_latent(j: int, h: Tensor, m: Tensor) -> Tensor:

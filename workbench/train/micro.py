@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..inputs import pad_left
 from ..paths import atomic_write_text, workbench_cache_dir
 from .arith import EVAL_SETS, ArithData, Encoded, encode_problems, eval_problems, pad_right, restricted_ce
 from .loop import StepLoss, prepare_trainable, train
@@ -193,13 +194,9 @@ def greedy_accuracy(model, tokenizer, encoded: list[Encoded], vocab: Tensor | No
         rows = [e.prompt_direct if direct else e.prompt for e in chunk]
         if lookup is not None:
             rows = [[lookup.get(t, 0) for t in r] for r in rows]
-        T = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), T, dtype=torch.long)
-        att = torch.zeros(len(rows), T, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, T - len(r) :] = torch.tensor(r)
-            att[i, T - len(r) :] = 1
-        out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end, pad_token_id=end)
+        b = pad_left(rows, 0)
+        ids, T = b.input_ids, b.input_ids.shape[1]
+        out = model.generate(input_ids=ids, attention_mask=b.attention_mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end, pad_token_id=end)
         for i, e in enumerate(chunk):
             gen = out[i, T:].tolist()
             if vocab is not None:
