@@ -122,13 +122,14 @@ class LatentUpdate:
 
     loop_step: the loop step index; new_steps: (row, LatentStep) computed this step (with
     their readout when asked); tokens: [(row, token id)] visible tokens emitted this step;
-    texts: visible text so far per row; traces: the finished `LatentTrace` per row, set
+    texts: visible text so far per row (None when `run_stream(decode_text=False)`; the
+    last update always has them); traces: the finished `LatentTrace` per row, set
     only on the last update (done=True)."""
 
     loop_step: int
     new_steps: list[tuple[int, LatentStep]]
     tokens: list[tuple[int, int]]
-    texts: list[str]
+    texts: list[str] | None
     done: bool = False
     traces: list[LatentTrace] | None = None
 
@@ -170,10 +171,13 @@ def run_stream(
     readout: bool = True,
     k: int = 10,
     n_candidates: int = 64,
+    decode_text: bool = True,
 ) -> Iterator[LatentUpdate]:
     """`run`, one `LatentUpdate` per loop step as the loop produces it (each latent step
     with its vocabulary readout as soon as it is computed); the last update has
-    `done=True` and the finished traces (always a list). Same arguments as `run`."""
+    `done=True` and the finished traces (always a list). Same arguments as `run`, plus
+    `decode_text` (default True): decode every row's visible text at every step for the
+    updates; `run` turns it off, since it only needs the final texts."""
     rows, spec, runner = _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking)
     B = len(rows)
     stops = stop_ids(bench)
@@ -213,7 +217,7 @@ def run_stream(
             from .readout import decompose_steps
 
             decompose_steps(bench, [s for _, s in new_steps], k=k, n_candidates=n_candidates)
-        yield LatentUpdate(st.index, new_steps, tokens, [decode(v) for v in visible])
+        yield LatentUpdate(st.index, new_steps, tokens, [decode(v) for v in visible] if decode_text else None)
     wall = time.perf_counter() - t0
     traces = []
     for i in range(B):
@@ -257,7 +261,7 @@ def run(
     several."""
     single = _is_single(prompt_or_ids)
     last = None
-    for last in run_stream(bench, prompt_or_ids, policy, **kwargs):
+    for last in run_stream(bench, prompt_or_ids, policy, **kwargs, decode_text=False):
         pass
     traces = last.traces
     return traces[0] if single else traces
