@@ -14,16 +14,19 @@ from workbench.cli import main
 def test_gpu_bench_runs_on_cpu_and_summarises(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     args = ["bench", "gpu", "--device", "cpu", "--model", "qwen3.5-tiny", "--prefill", "64", "--prompt", "8", "--new", "4",
-            "--batches", "1,2", "--repeats", "1", "--out", str(out)]  # fmt: skip
+            "--batches", "1,2", "--repeats", "1", "--fast", "on", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     rep = json.loads(out.read_text())
     s, rows = rep["summary"], rep["rows"]
     variants = {(r["variant"], r["batch"]) for r in rows}
     for b in (1, 2):
-        for v in ("plain", "steered_1_layer", "steered_4_layers", "latent_coconut", "latent_head"):
+        for v in ("plain", "steered_1_layer", "steered_4_layers", "latent_coconut", "latent_head", "plain_eager", "hf_generate"):
             assert (v, b) in variants
     assert s["roofline_tokens_per_s_b1"] == pytest.approx(s["bandwidth_gb_s"] * 1e9 / (s["weight_gib"] * 2**30))
     assert s["roofline_fraction_b1_steered"] == pytest.approx(s["steered_1_layer_b1_tokens_per_s"] / s["roofline_tokens_per_s_b1"])
+    assert s["fast_vs_eager_b1"] == pytest.approx(s["plain_b1_tokens_per_s"] / s["plain_eager_b1_tokens_per_s"])
+    # the fast path ran (static state on the CPU; graphs need CUDA)
+    assert s["fast_path"] == {"requested": "on", "used": True, "cuda_graphs": False, "graph_error": None, "unsupported_reason": None}
     assert rep["environment"]["weights_dtype"] == "torch.float32" and "flash-linear-attention" in rep["environment"]
 
 

@@ -43,3 +43,11 @@ def test_capture_and_steering_match_plain_model(dispatched, qwen_tiny):
 def test_bad_device_map():
     with pytest.raises(ValueError, match="does not have"):
         wb.load("qwen3.5-tiny", device_map={"model.nonexistent": "cpu"})
+
+
+def test_fast_path_refuses_a_dispatched_model(dispatched):
+    """The static-state decode path runs on one device: asked for explicitly it says why not;
+    by default ("auto") the loop stays on the eager forward, which works dispatched."""
+    with pytest.raises(ValueError, match="fast=True: .*dispatched over several devices"):
+        generate_full(dispatched, "hi", max_new_tokens=2, fast=True)
+    assert len(generate_full(dispatched, "hi", max_new_tokens=2, stop_ids=set()).token_ids[0]) == 2

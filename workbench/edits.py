@@ -114,6 +114,12 @@ class EditScope:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self.phase = phase
 
+    def remove(self) -> None:
+        """Uninstall the hooks now (the fast decode path applies the edits itself)."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
 
 def validate_edits(edits: Sequence[Edit], n_layers: int, d_model: int) -> tuple:
     out = []
@@ -160,6 +166,4 @@ def apply_edits(hf: torch.nn.Module, edits: Sequence[Edit], phase: str = "prompt
             scope.handles.append(layers[layer].register_forward_hook(_hook(tuple(es), scope)))
         yield scope
     finally:
-        for h in scope.handles:
-            h.remove()
-        scope.handles.clear()
+        scope.remove()

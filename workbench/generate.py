@@ -296,6 +296,7 @@ def generate_stream(
     keep_logits: bool = False,
     keep_hidden: bool = False,
     decode_stream: bool = False,
+    fast: bool | str = "auto",
 ) -> Iterator[Step]:
     """Yield one `Step` per forward until every row has `max_new_tokens` visible tokens or
     emitted an end-of-turn token (latent steps and forced tokens do not count as visible).
@@ -305,8 +306,14 @@ def generate_stream(
         `.edits()` method), applied in a scope that is undone afterwards.
     prefix: input-embedding prefix (`workbench.prefix.RandomPrefix`).
     policy: a `next_input` policy (`workbench.latent`) that may feed continuous vectors.
+    fast: decode on preallocated state replayed as a CUDA graph (`workbench.fastdecode`):
+        "auto" on a CUDA model that supports it, True to require it (it also runs, without
+        graphs, on the CPU), False for the eager transformers forward per token.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
+    from . import fastdecode
+
+    fastdecode.check_fast(fast)
     hf, tok = bench.hf, bench.tokenizer
     all_edits = list(edits or ()) + edits_from_steer(steer)
     rows = _rows(bench, prompts, chat, system, enable_thinking)
@@ -328,12 +335,23 @@ def generate_stream(
     def embed(ids: Tensor) -> Tensor:
         return emb(ids.to(dev))
 
+    decoder = None
+    if fast is not False:
+        why = fastdecode.unsupported_reason(hf)
+        if why is not None and fast is True:
+            raise ValueError(f"fast=True: the fast decode path cannot run this model: {why}")
+        if why is None and (fast is True or dev.type == "cuda"):
+            decoder = fastdecode.decoder_for(hf, B, embeds.shape[1] + extra)
     with apply_edits(hf, all_edits) as scope:
         positions = positions_from_mask(mask)
         hidden, cache = forward_embeds(hf, embeds, mask, positions)
         start = getattr(policy, "start", None)
         if callable(start):  # optional hook: the policy sees every prompt position once
             start(PromptState(_prefill_ids(rows, prefix, embeds.shape[1], dev), mask, positions, hidden, bench, embed))
+        if decoder is not None:  # decoding continues on the static state, which applies the edits itself
+            decoder.prepare(cache, mask, scope.edits)
+            cache = None
+            scope.remove()
         last_pos = positions[:, -1]
         scope.set_phase("generated")
         h = hidden[:, -1]
@@ -394,10 +412,13 @@ def generate_stream(
                 if not torch.isfinite(lat[latent]).all():
                     raise ValueError(f"latent input at step {step} contains NaN/inf")
                 x = torch.where(latent[:, None], lat, x)
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
             last_pos = last_pos + 1
-            hidden, cache = forward_embeds(hf, x[:, None], mask, last_pos[:, None], cache)
-            h = hidden[:, -1]
+            if decoder is not None:
+                h = decoder.step(x, last_pos)
+            else:
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
+                hidden, cache = forward_embeds(hf, x[:, None], mask, last_pos[:, None], cache)
+                h = hidden[:, -1]
 
 
 def edits_from_steer(steer: Any) -> list:

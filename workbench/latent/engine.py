@@ -172,6 +172,7 @@ def run_stream(
     k: int = 10,
     n_candidates: int = 64,
     decode_text: bool = True,
+    fast: bool | str = "auto",
 ) -> Iterator[LatentUpdate]:
     """`run`, one `LatentUpdate` per loop step as the loop produces it (each latent step
     with its vocabulary readout as soon as it is computed); the last update has
@@ -191,6 +192,7 @@ def run_stream(
     for st in generate_stream(
         bench, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         seed=seed, edits=edits, steer=steer, policy=runner, stop_ids=stops, keep_logits=True, keep_hidden=True,
+        fast=fast,
     ):  # fmt: skip
         rec = st.records
         new = rec.get("new")
@@ -255,7 +257,8 @@ def run(
     budget), max_new_tokens=64, temperature=0, top_k, top_p, min_p, seed, chat=True,
     system, enable_thinking (default: on when the tokenizer has `</think>`), edits, steer,
     readout=True (every latent step decomposed onto the vocabulary: `k`=10 nearest tokens,
-    superposition over the `n_candidates`=64 cosine-nearest embeddings).
+    superposition over the `n_candidates`=64 cosine-nearest embeddings), fast="auto" (the
+    static-state / CUDA-graph decode path, see `generate_stream`).
 
     Returns one `LatentTrace` for a single prompt (a string or one id list), a list for
     several."""

@@ -1,0 +1,174 @@
+"""The fast decode path (static state, fused steering, CUDA graphs on a GPU) against the
+eager loop, which runs the whole transformers forward with a DynamicCache per token.
+
+On the CPU the static step runs without graphs: same blocks, same state updates, so tokens
+must be equal and logits equal to float rounding (attention runs over the whole masked
+buffer instead of the valid prefix). The graph replay itself is tested where CUDA exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench import fastdecode, latent
+from workbench.edits import Ablate, AddVector
+from workbench.generate import generate_full
+from workbench.latent import Coconut, LatentHead, SoftThinking
+from workbench.latent.heads import random_latent_head_tensors
+from workbench.latent.policies import token_id
+from workbench.prefix import RandomPrefix
+
+PROMPTS = ["Hello there, how are you?", "2+2=", "Tell me a very long story about a dragon and a knight."]
+
+
+def _both(bench, prompts=PROMPTS, **kw):
+    kw = dict(max_new_tokens=16, stop_ids=set(), keep_logits=True, keep_hidden=True) | kw
+    return generate_full(bench, prompts, fast=False, **kw), generate_full(bench, prompts, fast=True, **kw)
+
+
+def _same(a, b, atol):
+    assert a.token_ids == b.token_ids
+    assert len(a.steps) == len(b.steps)
+    for x, y in zip(a.steps, b.steps):
+        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.latent, y.latent)
+        torch.testing.assert_close(y.logits, x.logits, atol=atol, rtol=0)
+        torch.testing.assert_close(y.hidden, x.hidden, atol=atol, rtol=0)
+
+
+def _edit_sets(d):
+    g = torch.Generator().manual_seed(0)
+    v, u = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    return {
+        "plain": [],
+        "one vector": [AddVector(3, v, 4.0)],
+        "several layers and phases": [AddVector(1, v, 2.0), AddVector(1, u, -1.0), AddVector(5, u, 3.0, where="generated"), AddVector(6, v, 9.0, where="prompt")],
+        "ablation mixed with a vector": [AddVector(2, v, 3.0), Ablate(2, u), Ablate(7, v, strength=0.5)],
+    }
+
+
+@pytest.mark.parametrize("edits", ["plain", "one vector", "several layers and phases", "ablation mixed with a vector"])
+def test_qwen35_fast_equals_eager(qwen_tiny, edits):
+    a, b = _both(qwen_tiny, edits=_edit_sets(qwen_tiny.arch.d_model)[edits])
+    _same(a, b, atol=1e-5)
+
+
+def test_llama_family_fast_equals_eager(smol):
+    for name, edits in _edit_sets(smol.arch.d_model).items():
+        a, b = _both(smol, edits=edits, max_new_tokens=10)
+        assert a.token_ids == b.token_ids, name
+        for x, y in zip(a.steps, b.steps):
+            torch.testing.assert_close(y.logits, x.logits, atol=2e-3, rtol=1e-4)
+
+
+def test_bfloat16_tokens_equal(qwen_tiny):
+    b16 = wb.load("qwen3.5-tiny", dtype="bfloat16")
+    v = torch.randn(b16.arch.d_model)
+    for edits in ([], [AddVector(1, v, 2.0)]):
+        a, b = _both(b16, edits=edits, max_new_tokens=24)
+        assert a.token_ids == b.token_ids
+
+
+def test_prefix_and_sampling(qwen_tiny):
+    a, b = _both(qwen_tiny, prefix=RandomPrefix(n=3, seed=1, placement="after_bos"), temperature=0.8, top_k=50, seed=7)
+    _same(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["coconut", "soft thinking", "latent head"])
+def test_latent_loops_fast_equals_eager(qwen_tiny, which):
+    close = token_id(qwen_tiny.tokenizer, "</think>")
+    policy = {
+        "coconut": lambda: Coconut(steps=4),
+        "soft thinking": lambda: SoftThinking(max_steps=12),
+        "latent head": lambda: LatentHead(random_latent_head_tensors(qwen_tiny.hf, seed=0), think_close_token_id=close, max_internal_tokens=6),
+    }[which]
+    prompts = ["What is 3+4?", "Say hi"]
+    t0 = latent.run(qwen_tiny, prompts, policy(), max_new_tokens=8, fast=False)
+    t1 = latent.run(qwen_tiny, prompts, policy(), max_new_tokens=8, fast=True)
+    for x, y in zip(t0, t1):
+        assert x.text == y.text and x.visible_ids == y.visible_ids
+        assert len(x.steps) == len(y.steps) > 0
+        for s, r in zip(x.steps, y.steps):
+            torch.testing.assert_close(r.latent, s.latent, atol=1e-5, rtol=0)
+
+
+def test_decoder_reused_and_state_reset(qwen_tiny):
+    fastdecode.release(qwen_tiny.hf)
+    kw = dict(max_new_tokens=6, stop_ids=set(), fast=True)
+    first = generate_full(qwen_tiny, PROMPTS, **kw)
+    (dec,) = fastdecode._DECODERS[qwen_tiny.hf].values()
+    assert dec.steps_eager == 5 and dec.steps_replayed == 0  # no graphs on the CPU
+    other = ["A different prompt entirely", "x", "yet another one, of a third length"]
+    again = generate_full(qwen_tiny, other, **kw)
+    assert list(fastdecode._DECODERS[qwen_tiny.hf].values()) == [dec]  # same batch and bucket: reused
+    assert again.token_ids == generate_full(qwen_tiny, other, max_new_tokens=6, stop_ids=set(), fast=False).token_ids
+    assert generate_full(qwen_tiny, PROMPTS, **kw).token_ids == first.token_ids
+    for n in (1, 2, 4):  # other batch sizes: at most two decoders are kept
+        generate_full(qwen_tiny, PROMPTS[:1] * n, **kw)
+    assert len(fastdecode._DECODERS[qwen_tiny.hf]) == 2
+
+
+def test_outer_steering_scope_still_applies(qwen_tiny):
+    """Hooks a caller installed around generation fire in the static step too."""
+    from workbench.steering.apply import steering
+
+    v = torch.randn(qwen_tiny.arch.d_model)
+    with steering(qwen_tiny, [AddVector(4, v, 5.0)], phase="generated"):
+        a, b = _both(qwen_tiny)
+    _same(a, b, atol=1e-5)
+    plain = generate_full(qwen_tiny, PROMPTS, max_new_tokens=16, stop_ids=set(), fast=True)
+    assert plain.token_ids != a.token_ids
+
+
+def test_fused_bias_rows(qwen_tiny):
+    d = qwen_tiny.arch.d_model
+    v, u = torch.randn(d), torch.randn(d)
+    adds, other = fastdecode.split_edits([AddVector(1, v, 2.0), AddVector(1, u, 3.0), AddVector(2, v, 1.0, where="prompt"), AddVector(3, v), Ablate(3, u)], 8)
+    assert sorted(adds) == [1] and [len(adds[1])] == [2]
+    assert sorted(other) == [3] and [type(e).__name__ for e in other[3]] == ["AddVector", "Ablate"]  # order kept
+
+
+def test_buffer_full_and_bad_calls(qwen_tiny):
+    dec = fastdecode.Decoder(qwen_tiny.hf, batch=1, max_len=fastdecode.BUCKET)
+    x = torch.zeros(1, qwen_tiny.arch.d_model)
+    with pytest.raises(RuntimeError, match="before prepare"):
+        dec.step(x, torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        fastdecode.Decoder(qwen_tiny.hf, batch=1, max_len=256, graphs=True)
+    with pytest.raises(ValueError, match="fast must be 'auto', True or False, got 'yes'"):
+        generate_full(qwen_tiny, "hi", max_new_tokens=2, fast="yes")
+
+
+def test_unsupported_models_are_named(qwen_tiny):
+    qwen_tiny.hf.train()
+    try:
+        assert "training mode" in fastdecode.unsupported_reason(qwen_tiny.hf)
+        with pytest.raises(ValueError, match="fast=True: .*training mode"):
+            generate_full(qwen_tiny, "hi", max_new_tokens=2, fast=True)
+    finally:
+        qwen_tiny.hf.eval()
+    assert fastdecode.unsupported_reason(qwen_tiny.hf) is None
+
+
+def test_auto_stays_eager_on_cpu(qwen_tiny):
+    fastdecode.release(qwen_tiny.hf)
+    generate_full(qwen_tiny, "hi", max_new_tokens=3)
+    assert qwen_tiny.hf not in fastdecode._DECODERS
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_tokens_equal_eager():
+    """On a GPU, in bfloat16: the replayed graph's greedy tokens equal the eager loop's,
+    plain, steered at one and at several layers, and in a COCONUT loop."""
+    b = wb.load("qwen3.5-tiny", device="cuda", dtype="bfloat16")
+    v = torch.randn(b.arch.d_model)
+    for edits in ([], [AddVector(3, v, 4.0)], [AddVector(l, v, 1.0) for l in (2, 3, 4, 5)], [Ablate(2, v)]):
+        a = generate_full(b, PROMPTS, max_new_tokens=32, stop_ids=set(), edits=edits, fast=False)
+        g = generate_full(b, PROMPTS, max_new_tokens=32, stop_ids=set(), edits=edits, fast=True)
+        assert a.token_ids == g.token_ids
+    dec = next(iter(fastdecode._DECODERS[b.hf].values()))
+    assert dec.graph_error is None and dec.steps_replayed > 0
+    t0 = latent.run(b, PROMPTS, Coconut(steps=4), max_new_tokens=16, fast=False)
+    t1 = latent.run(b, PROMPTS, Coconut(steps=4), max_new_tokens=16, fast=True)
+    assert [t.visible_ids for t in t0] == [t.visible_ids for t in t1]
