@@ -34,3 +34,27 @@ def test_gpu_bench_runs_on_cpu_and_summarises(tmp_path, capsys):
 def test_gpu_bench_without_a_gpu_says_so(capsys):
     assert main(["bench", "gpu"]) == 2
     assert "no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bench_on_cuda_uses_graphs(tmp_path):
+    out = tmp_path / "gpu.json"
+    args = ["bench", "gpu", "--device", "cuda", "--dtype", "bfloat16", "--model", "qwen3.5-tiny", "--prefill", "256",
+            "--prompt", "16", "--new", "8", "--batches", "1,4", "--repeats", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert s["fast_path"]["used"] and s["fast_path"]["cuda_graphs"], s["fast_path"]
+    assert s["peak_memory_gib"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_out_of_memory_names_need_and_free():
+    import workbench as wb
+
+    free, _ = torch.cuda.mem_get_info()
+    if free > 27.4e9 * 4:
+        pytest.skip("this GPU could hold the 27B model in float32")
+    with pytest.raises(MemoryError, match=r"needs about 102\.1 GiB in torch.float32, but only .* GiB is free"):
+        wb.load("qwen3.5-27b-random", device="cuda", dtype="float32")

@@ -429,6 +429,18 @@ def build_qwen35(config, dev: torch.device, dt: torch.dtype, seed: int = 0):
     if dev.type == "meta":
         with torch.device("meta"):
             return Qwen3_5ForCausalLM(config).to(dt)
+    if dev.type == "cuda":
+        # built and initialised on the GPU in the target dtype: a 27B model built on the host
+        # first would take about 110 GB of host memory in float32 and minutes to initialise
+        prev = torch.get_default_dtype()
+        try:
+            torch.set_default_dtype(dt)
+            with torch.random.fork_rng(devices=[dev]), torch.device(dev):
+                torch.manual_seed(seed)
+                hf = Qwen3_5ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(prev)
+        return hf.to(dtype=dt)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = Qwen3_5ForCausalLM(config)
