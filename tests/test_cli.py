@@ -28,7 +28,10 @@ def test_info_qwen_tiny(capsys):
 
 def test_generate_and_lens(capsys, smol):
     assert main(["generate", "What is the capital of France?", "--max-new-tokens", "12", "--device", "cpu"]) == 0
-    assert "Paris" in capsys.readouterr().out
+    eager = capsys.readouterr().out
+    assert "Paris" in eager
+    assert main(["generate", "What is the capital of France?", "--max-new-tokens", "12", "--device", "cpu", "--fast", "on"]) == 0
+    assert capsys.readouterr().out == eager
     assert main(["lens", "The capital of France is", "--layer", "29", "--layer", "10", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "Paris" in out and out.count("\n") == 3

@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--raw", action="store_true", help="raw text, no chat template")
+    p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
+                   help="static-state / CUDA-graph decode path: auto = on a GPU (default), on = also on the CPU, off = eager forward")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("lens", help="logit lens: top next tokens read from each layer's residual")
@@ -77,6 +79,7 @@ def _generate(args) -> int:
         seed=args.seed,
         chat=not args.raw,
         decode_stream=True,
+        fast={"auto": "auto", "on": True, "off": False}[args.fast],
     ):
         sys.stdout.write(step.text[0])
         sys.stdout.flush()
