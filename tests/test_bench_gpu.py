@@ -56,5 +56,5 @@ def test_out_of_memory_names_need_and_free():
     free, _ = torch.cuda.mem_get_info()
     if free > 27.4e9 * 4:
         pytest.skip("this GPU could hold the 27B model in float32")
-    with pytest.raises(MemoryError, match=r"needs about 102\.1 GiB in torch.float32, but only .* GiB is free"):
+    with pytest.raises(MemoryError, match=r"qwen3.5-27b-random \(26\.9B parameters in torch.float32\) needs about 100\.2 GiB, but only .* is free on cuda"):
         wb.load("qwen3.5-27b-random", device="cuda", dtype="float32")

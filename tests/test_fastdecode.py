@@ -172,3 +172,14 @@ def test_cuda_graph_tokens_equal_eager():
     t0 = latent.run(b, PROMPTS, Coconut(steps=4), max_new_tokens=16, fast=False)
     t1 = latent.run(b, PROMPTS, Coconut(steps=4), max_new_tokens=16, fast=True)
     assert [t.visible_ids for t in t0] == [t.visible_ids for t in t1]
+
+
+def test_decode_state_that_does_not_fit_is_named(qwen_tiny, monkeypatch):
+    from workbench import memory
+
+    fastdecode.release(qwen_tiny.hf)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4096)
+    with pytest.raises(MemoryError, match=r"fast decode state for 3 rows x 256 positions needs about [\d.]+ MiB, but only 0\.0 MiB is free on cpu; generate with fast=False"):
+        generate_full(qwen_tiny, PROMPTS, max_new_tokens=4, fast=True)
+    monkeypatch.undo()
+    assert len(generate_full(qwen_tiny, PROMPTS, max_new_tokens=4, fast=True, stop_ids=set()).token_ids[0]) == 4

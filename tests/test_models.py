@@ -219,3 +219,21 @@ def test_cached_tokenizer_equals_autotokenizer(smol):
     for attr in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
         assert getattr(ours, attr) == getattr(ref, attr), attr
     assert len(ours) == len(ref)
+
+
+def test_weight_bytes_from_config_counts_the_real_model(tmp_path, qwen_tiny):
+    from workbench.models import weight_bytes_from_config
+
+    qwen_tiny.hf.save_pretrained(tmp_path)
+    real = sum(p.numel() for p in qwen_tiny.hf.parameters())  # tied embeddings counted once
+    assert weight_bytes_from_config(str(tmp_path), torch.bfloat16) == real * 2
+    assert weight_bytes_from_config(str(tmp_path), torch.float32) == real * 4
+
+
+def test_out_of_memory_message(monkeypatch):
+    from workbench import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 3 * 2**30)
+    with pytest.raises(MemoryError, match=r"^big model needs about 7\.5 GiB, but only 3\.0 GiB is free on cuda:0; try less$"):
+        memory.check_fits("big model", 7.5 * 2**30, torch.device("cuda:0"), "try less")
+    memory.check_fits("small model", 2 * 2**30, torch.device("cuda:0"))  # fits: no error

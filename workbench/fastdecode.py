@@ -248,6 +248,7 @@ class Decoder:
         self.norm = final_norm(hf)
         cfg = text_config(hf.config)
         self.types = list(getattr(cfg, "layer_types", None) or [SOFTMAX_ATTENTION] * len(self.layers))[: len(self.layers)]
+        self.k_layers = {i for i, t in enumerate(self.types) if t == SOFTMAX_ATTENTION}  # keys and values: twice the bytes
         self.impl = getattr(cfg, "_attn_implementation", None) or "eager"
         emb = hf.get_input_embeddings().weight
         self.device, self.dtype, self.d = emb.device, emb.dtype, emb.shape[1]
@@ -280,7 +281,14 @@ class Decoder:
         forward returned), `mask` [batch, T0] its attention mask, `edits` those active."""
         if mask.shape[0] != self.batch:
             raise ValueError(f"decoder was built for batch {self.batch}, got a prefill of batch {mask.shape[0]}")
-        if self.state is None or self.state.shapes() != StaticState.expected_shapes(prefill_cache, self.types, self.batch, self.max_len):
+        want = StaticState.expected_shapes(prefill_cache, self.types, self.batch, self.max_len)
+        if self.state is None or self.state.shapes() != want:
+            from .memory import check_fits
+
+            self.state = None
+            need = sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() * (2 if i in self.k_layers else 1) for i, shape, dt in want)
+            check_fits(f"the fast decode state for {self.batch} rows x {self.max_len} positions", need, self.device,
+                       "generate with fast=False, fewer rows or fewer new tokens")  # fmt: skip
             self.state = StaticState(prefill_cache, self.types, self.batch, self.max_len, self.device)
             self._graphs.clear()  # captured graphs point at the old buffers
         adds, other = split_edits(edits, len(self.layers))

