@@ -37,8 +37,21 @@ def arch_summary(bench: Any) -> str:
         ("mean embedding norm", f"{a.embed_norm:.4f}"),
         ("tied embeddings", a.tied_embeddings),
         ("device / dtype", f"{bench.device} / {str(bench.dtype).removeprefix('torch.')}"),
+        ("decode path", decode_path(bench)),
     ]
     return md_table(rows, ("", "value"))
+
+
+def decode_path(bench: Any) -> str:
+    """Which loop generation runs on (see workbench.fastdecode)."""
+    from workbench.fastdecode import unsupported_reason
+
+    why = unsupported_reason(bench.hf)
+    if why is not None:
+        return f"eager forward per token (fast path unavailable: {why})"
+    if bench.device.type == "cuda":
+        return "static state + CUDA graphs (fast path)"
+    return "eager forward per token (the fast path's CUDA graphs need a GPU)"
 
 
 def layer_rows(bench: Any) -> list[list[Any]]:

@@ -81,6 +81,7 @@ def test_model_tab(app, smol):
     key, summary, rows, status = tabs["Model"].load_model(MODEL, "")
     assert key == MODEL and "| layers | 30 |" in summary and "| d_model | 576 |" in summary
     assert "embedding RMS" in summary and len(rows) == 30 and rows[0] == [0, "full_attention"]
+    assert "| decode path | eager forward per token (the fast path's CUDA graphs need a GPU) |" in summary
     prompt = "Name a colour."
     chunks = list(tabs["Model"].generate(MODEL, prompt, 8, 0, 0))
     assert len(chunks) >= 2 and all(chunks[i + 1].startswith(chunks[i]) for i in range(len(chunks) - 2))

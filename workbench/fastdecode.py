@@ -20,7 +20,8 @@ the same arithmetic, and changes only what surrounds them:
   is folded into one bias row per block, held in a device buffer the graph reads: the
   steered step is the plain step plus one add per steered block, and changing vectors or
   scales needs no new capture. Other edits (`Ablate`, custom ones) run as captured ops in
-  order; a block with one of those runs all of its edits that way, so order is kept.
+  order; a block with one of those runs all of its edits that way, so order is kept, and
+  new edit objects of that kind mean a new capture.
 
 The prompt (and any prefix) still runs through the eager forward with the edits' hooks,
 and its cache is copied into the static buffers; decoding then continues on them. The
@@ -49,12 +50,11 @@ from torch import Tensor, nn
 from .arch import LINEAR_ATTENTION, SOFTMAX_ATTENTION, decoder_layers, final_norm, text_config
 from .edits import AddVector
 
-FAST_MODES = ("auto", True, False)
 BUCKET = 256  # buffer lengths are rounded up to this, so a decoder is reused across calls
 
 
 def check_fast(fast: Any) -> Any:
-    if fast not in FAST_MODES or (fast is not True and fast is not False and fast != "auto"):
+    if not (fast is True or fast is False or (isinstance(fast, str) and fast == "auto")):
         raise ValueError(f"fast must be 'auto', True or False, got {fast!r}")
     return fast
 
