@@ -51,3 +51,28 @@ def test_fast_path_refuses_a_dispatched_model(dispatched):
     with pytest.raises(ValueError, match="fast=True: .*dispatched over several devices"):
         generate_full(dispatched, "hi", max_new_tokens=2, fast=True)
     assert len(generate_full(dispatched, "hi", max_new_tokens=2, stop_ids=set()).token_ids[0]) == 2
+
+
+def test_latent_loops_match_plain_model(dispatched, qwen_tiny):
+    """COCONUT, soft thinking and a latent head run on the dispatched model exactly as on
+    the plain one (the latent inputs cross devices like token embeddings do)."""
+    from workbench import latent
+    from workbench.latent import Coconut, LatentHead, SoftThinking
+    from workbench.latent.heads import random_latent_head_tensors
+    from workbench.latent.policies import token_id
+
+    close = token_id(qwen_tiny.tokenizer, "</think>")
+    head = random_latent_head_tensors(qwen_tiny.hf, seed=0)
+    policies = [
+        lambda: Coconut(steps=3),
+        lambda: SoftThinking(max_steps=6),
+        lambda: LatentHead(head, think_close_token_id=close, max_internal_tokens=4),
+    ]
+    prompts = ["What is 3+4?", "Say hi"]
+    for make in policies:
+        a = latent.run(dispatched, prompts, make(), max_new_tokens=5)
+        b = latent.run(qwen_tiny, prompts, make(), max_new_tokens=5)
+        for x, y in zip(a, b):
+            assert x.visible_ids == y.visible_ids and len(x.steps) == len(y.steps) > 0
+            for s, r in zip(x.steps, y.steps):
+                torch.testing.assert_close(s.latent, r.latent, atol=1e-5, rtol=1e-5)
