@@ -183,3 +183,49 @@ def test_decode_state_that_does_not_fit_is_named(qwen_tiny, monkeypatch):
         generate_full(qwen_tiny, PROMPTS, max_new_tokens=4, fast=True)
     monkeypatch.undo()
     assert len(generate_full(qwen_tiny, PROMPTS, max_new_tokens=4, fast=True, stop_ids=set()).token_ids[0]) == 4
+
+
+def test_graph_capture_never_sees_hooks(qwen_tiny, monkeypatch):
+    """The capture (GPU only) must happen with no forward hook on the model, or the hook's
+    effect is baked into every replay: the loop's own edit hooks are removed first, and a
+    caller's hooks postpone the capture. Checked on the CPU by recording the capture call."""
+    from workbench.steering.apply import steering
+
+    fastdecode.release(qwen_tiny.hf)
+    seen = []
+    monkeypatch.setattr(fastdecode.Decoder, "_capture", lambda self: seen.append(self._hooked()))
+    real_init = fastdecode.Decoder.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        self.graphs = True  # as on CUDA (no graph is made: _capture only records)
+
+    monkeypatch.setattr(fastdecode.Decoder, "__init__", init)
+    v = torch.randn(qwen_tiny.arch.d_model)
+    a, b = _both(qwen_tiny, edits=[AddVector(3, v, 4.0)])
+    _same(a, b, atol=1e-5)
+    assert seen == [False]
+    with steering(qwen_tiny, [AddVector(4, v, 5.0)]):
+        dec = next(iter(fastdecode._DECODERS[qwen_tiny.hf].values()))
+        assert dec._hooked()
+    assert not dec._hooked()
+    fastdecode.release(qwen_tiny.hf)
+
+
+def test_capture_is_postponed_while_hooks_exist(qwen_tiny):
+    """With a caller's hook on a block, the (GPU-only) capture does not start at all: on the
+    CPU, starting it would fail and be recorded as graph_error."""
+    fastdecode.release(qwen_tiny.hf)
+    generate_full(qwen_tiny, "hi", max_new_tokens=2, fast=True)  # a decoder with its state
+    (dec,) = fastdecode._DECODERS[qwen_tiny.hf].values()
+    handle = qwen_tiny.hf.model.layers[2].register_forward_hook(lambda m, a, o: o)
+    try:
+        dec.graphs = True
+        dec._capture()
+        assert dec.graph_error is None and not dec._graphs
+    finally:
+        handle.remove()
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        dec._capture()  # no hooks: the capture starts, and on the CPU it fails and says so
+    assert dec.graph_error is not None
+    fastdecode.release(qwen_tiny.hf)

@@ -114,6 +114,17 @@ class EditScope:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self.phase = phase
 
+    def install(self, hf: torch.nn.Module) -> None:
+        """Hook the edits onto `hf`'s decoder blocks (once; `remove` undoes it)."""
+        if self.handles:
+            return
+        layers = decoder_layers(hf)
+        by_layer: dict[int, list] = {}
+        for e in self.edits:
+            by_layer.setdefault(e.layer, []).append(e)
+        for layer, es in sorted(by_layer.items()):
+            self.handles.append(layers[layer].register_forward_hook(_hook(tuple(es), self)))
+
     def remove(self) -> None:
         """Uninstall the hooks now (the fast decode path applies the edits itself)."""
         for h in self.handles:
@@ -158,12 +169,8 @@ def apply_edits(hf: torch.nn.Module, edits: Sequence[Edit], phase: str = "prompt
     layers = decoder_layers(hf)
     d_model = hf.get_input_embeddings().weight.shape[-1]
     scope = EditScope(validate_edits(edits, len(layers), d_model), phase)
-    by_layer: dict[int, list] = {}
-    for e in scope.edits:
-        by_layer.setdefault(e.layer, []).append(e)
     try:
-        for layer, es in sorted(by_layer.items()):
-            scope.handles.append(layers[layer].register_forward_hook(_hook(tuple(es), scope)))
+        scope.install(hf)
         yield scope
     finally:
         scope.remove()

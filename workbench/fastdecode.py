@@ -352,9 +352,11 @@ class Decoder:
     def _capture(self) -> None:
         """Warm up and capture `_run` for the current layout. The state it runs on is
         overwritten by `load` afterwards, so the captured steps leave nothing behind."""
+        if self._hooked():  # a hook would run once, at capture, and its effect replay forever
+            return  # steps run eagerly; a later prepare without hooks captures
         dev = self.device
-        self.state.slot.zero_()
         try:
+            self.state.slot.zero_()
             s = torch.cuda.Stream(dev)
             s.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(s):

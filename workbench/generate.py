@@ -348,9 +348,13 @@ def generate_stream(
         start = getattr(policy, "start", None)
         if callable(start):  # optional hook: the policy sees every prompt position once
             start(PromptState(_prefill_ids(rows, prefix, embeds.shape[1], dev), mask, positions, hidden, bench, embed))
-        if decoder is not None:  # decoding continues on the static state, which applies the edits itself
+        if decoder is not None:
+            # decoding continues on the static state, which applies the edits itself: the
+            # hooks go first, or a CUDA graph captured now would apply them a second time
+            scope.remove()
             try:
                 decoder.prepare(cache, mask, scope.edits)
+                cache = None
             except MemoryError as e:
                 if fast is True:
                     raise
@@ -358,9 +362,7 @@ def generate_stream(
 
                 warnings.warn(f"fast decoding skipped, decoding on the eager forward: {e}", stacklevel=2)
                 decoder = None
-        if decoder is not None:
-            cache = None
-            scope.remove()
+                scope.install(hf)
         last_pos = positions[:, -1]
         scope.set_phase("generated")
         h = hidden[:, -1]
