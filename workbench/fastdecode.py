@@ -111,40 +111,34 @@ class StaticState:
     `update` for attention, `get_conv_state` / `get_recurrent_state` /
     `update_recurrent_state` / `is_recording_past` for Gated DeltaNet)."""
 
-    def __init__(self, prefill_cache: Any, types: Sequence[str], batch: int, max_len: int, device: torch.device):
-        self.batch, self.max_len, self.types = batch, max_len, list(types)
-        self.k: dict[int, Tensor] = {}
-        self.v: dict[int, Tensor] = {}
-        self.conv: dict[int, Tensor] = {}
-        self.rec: dict[int, Tensor] = {}
-        for i, t in enumerate(self.types):
-            if t == SOFTMAX_ATTENTION:
-                k, v = _kv(prefill_cache, i)
-                self.k[i] = torch.zeros(batch, k.shape[1], max_len, k.shape[3], dtype=k.dtype, device=device)
-                self.v[i] = torch.zeros(batch, v.shape[1], max_len, v.shape[3], dtype=v.dtype, device=device)
-            else:
-                c, r = prefill_cache.get_conv_state(i), prefill_cache.get_recurrent_state(i)
-                self.conv[i] = torch.zeros_like(c)
-                self.rec[i] = torch.zeros_like(r)
+    def __init__(self, layout: tuple, batch: int, max_len: int, device: torch.device):
+        """`layout`: `StaticState.layout(...)`, the buffers to allocate."""
+        self.layout, self.max_len = layout, max_len
+        bufs: dict[str, dict[int, Tensor]] = {"k": {}, "v": {}, "conv": {}, "rec": {}}
+        for kind, i, shape, dtype in layout:
+            bufs[kind][i] = torch.zeros(shape, dtype=dtype, device=device)
+        self.k, self.v, self.conv, self.rec = bufs["k"], bufs["v"], bufs["conv"], bufs["rec"]
         self.mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
 
-    def shapes(self) -> tuple:
-        return tuple((i, tuple(t.shape), t.dtype) for d in (self.k, self.conv, self.rec) for i, t in sorted(d.items()))
-
     @staticmethod
-    def expected_shapes(prefill_cache: Any, types: Sequence[str], batch: int, max_len: int) -> tuple:
-        """`shapes()` of the state a prefill's cache needs (no allocation)."""
-        k, conv, rec = [], [], []
+    def layout(prefill_cache: Any, types: Sequence[str], max_len: int) -> tuple:
+        """(kind, block, shape, dtype) of every buffer the state for this prefill's cache
+        needs: keys and values ("k", "v") of `max_len` positions per attention block, conv
+        and recurrent state ("conv", "rec") per Gated DeltaNet block. Nothing is allocated."""
+        out = []
         for i, t in enumerate(types):
             if t == SOFTMAX_ATTENTION:
-                key = _kv(prefill_cache, i)[0]
-                k.append((i, (batch, key.shape[1], max_len, key.shape[3]), key.dtype))
+                for kind, x in zip(("k", "v"), _kv(prefill_cache, i)):
+                    out.append((kind, i, (x.shape[0], x.shape[1], max_len, x.shape[3]), x.dtype))
             else:
-                c, r = prefill_cache.get_conv_state(i), prefill_cache.get_recurrent_state(i)
-                conv.append((i, tuple(c.shape), c.dtype))
-                rec.append((i, tuple(r.shape), r.dtype))
-        return tuple(k + conv + rec)
+                for kind, x in (("conv", prefill_cache.get_conv_state(i)), ("rec", prefill_cache.get_recurrent_state(i))):
+                    out.append((kind, i, tuple(x.shape), x.dtype))
+        return tuple(out)
+
+    @staticmethod
+    def nbytes(layout: tuple) -> int:
+        return sum(torch.Size(shape).numel() * dtype.itemsize for _k, _i, shape, dtype in layout)
 
     @torch.no_grad()
     def load(self, prefill_cache: Any, mask: Tensor) -> None:
@@ -248,7 +242,6 @@ class Decoder:
         self.norm = final_norm(hf)
         cfg = text_config(hf.config)
         self.types = list(getattr(cfg, "layer_types", None) or [SOFTMAX_ATTENTION] * len(self.layers))[: len(self.layers)]
-        self.k_layers = {i for i, t in enumerate(self.types) if t == SOFTMAX_ATTENTION}  # keys and values: twice the bytes
         self.impl = getattr(cfg, "_attn_implementation", None) or "eager"
         emb = hf.get_input_embeddings().weight
         self.device, self.dtype, self.d = emb.device, emb.dtype, emb.shape[1]
@@ -281,15 +274,14 @@ class Decoder:
         forward returned), `mask` [batch, T0] its attention mask, `edits` those active."""
         if mask.shape[0] != self.batch:
             raise ValueError(f"decoder was built for batch {self.batch}, got a prefill of batch {mask.shape[0]}")
-        want = StaticState.expected_shapes(prefill_cache, self.types, self.batch, self.max_len)
-        if self.state is None or self.state.shapes() != want:
+        want = StaticState.layout(prefill_cache, self.types, self.max_len)
+        if self.state is None or self.state.layout != want:
             from .memory import check_fits
 
             self.state = None
-            need = sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() * (2 if i in self.k_layers else 1) for i, shape, dt in want)
-            check_fits(f"the fast decode state for {self.batch} rows x {self.max_len} positions", need, self.device,
+            check_fits(f"the fast decode state for {self.batch} rows x {self.max_len} positions", StaticState.nbytes(want), self.device,
                        "generate with fast=False, fewer rows or fewer new tokens")  # fmt: skip
-            self.state = StaticState(prefill_cache, self.types, self.batch, self.max_len, self.device)
+            self.state = StaticState(want, self.batch, self.max_len, self.device)
             self._graphs.clear()  # captured graphs point at the old buffers
         adds, other = split_edits(edits, len(self.layers))
         self.bias.zero_()

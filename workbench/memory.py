@@ -25,6 +25,12 @@ def available_memory(device: torch.device) -> int:
         return 2**62
 
 
+def weight_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of `module`'s parameters (tied ones once), in `dtype` or as stored; works on
+    the meta device, so a model's need can be counted before it exists."""
+    return sum(p.numel() * (dtype.itemsize if dtype is not None else p.element_size()) for p in module.parameters())
+
+
 def size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 

