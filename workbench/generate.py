@@ -336,11 +336,11 @@ def generate_stream(
         return emb(ids.to(dev))
 
     decoder = None
-    if fast is not False:
+    if fast is True or (fast == "auto" and dev.type == "cuda"):  # (the check walks every parameter: only when it matters)
         why = fastdecode.unsupported_reason(hf)
         if why is not None and fast is True:
             raise ValueError(f"fast=True: the fast decode path cannot run this model: {why}")
-        if why is None and (fast is True or dev.type == "cuda"):
+        if why is None:
             decoder = fastdecode.decoder_for(hf, B, embeds.shape[1] + extra)
     with apply_edits(hf, all_edits) as scope:
         positions = positions_from_mask(mask)
