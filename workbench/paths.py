@@ -46,6 +46,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_json_object(path: Path, what: str | None = None) -> dict:
+    """The JSON object in `path`; a clear ValueError naming `what` (default: the path) when
+    the file is not JSON or holds something other than an object."""
+    import json
+
+    what = what or str(path)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path.
 

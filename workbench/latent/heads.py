@@ -18,7 +18,6 @@ Every mismatch against the base model is listed at once, before any generation s
 from __future__ import annotations
 
 import copy
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..arch import decoder_layers, final_norm, text_config
+from ..paths import read_json_object
 
 PROJECTION_FILE = "projection_head.pt"
 LATENT_HEAD_FILE = "latent_head.safetensors"
@@ -108,13 +108,7 @@ def read_adapter_config(weights: Path) -> dict:
     cfg_path = weights.parent / ADAPTER_CONFIG
     if not cfg_path.is_file():
         return {}
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{cfg_path.name} beside {weights.name} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path.name} must hold a JSON object")
-    return cfg
+    return read_json_object(cfg_path, f"{cfg_path.name} beside {weights.name}")
 
 
 def check_state(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str, hints: list[str] = ()) -> None:

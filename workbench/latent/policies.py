@@ -587,19 +587,15 @@ POLICY_FILE = "latent_policy.json"
 def load_policy(folder: str) -> tuple[Any, str]:
     """The latent policy a training recipe saved in `folder` (its `latent_policy.json`)
     and the model it runs on (a model folder or a registry name). Returns (spec, model)."""
-    import json
     from pathlib import Path
+
+    from ..paths import read_json_object
 
     path = Path(folder).expanduser()
     cfg_path = path / POLICY_FILE if path.is_dir() else path
     if not cfg_path.is_file():
         raise ValueError(f"{str(folder)!r} has no {POLICY_FILE}; it is not the output of a workbench latent training recipe")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path)
     base = cfg_path.parent
     method = cfg.get("method")
     model = cfg.get("model", "")
