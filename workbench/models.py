@@ -457,7 +457,7 @@ def build_qwen35(config, dev: torch.device, dt: torch.dtype, seed: int = 0):
             return Qwen3_5ForCausalLM(config).to(dt)
     if dev.type == "cuda":
         # built and initialised on the GPU in the target dtype: a 27B model built on the host
-        # first would take about 110 GB of host memory in float32 and minutes to initialise
+        # first would take about 108 GB of host memory in float32 (26.9B x 4 bytes) and minutes to initialise
         prev = torch.get_default_dtype()
         try:
             torch.set_default_dtype(dt)
