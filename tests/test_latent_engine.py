@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from workbench import latent
+from workbench.compat import output_cache, with_cache
 from workbench.generate import base_model, stop_token_ids
 from workbench.latent.heads import random_latent_head_tensors, random_projection_tensors
 from workbench.latent.policies import stop_ids
@@ -119,10 +120,10 @@ def _qthink_reference(bench, ids, proj, K, max_new):
     stops = stop_ids(bench)
     # the last hidden state after the final norm: the HF model's own last_hidden_state
     bout = base_model(hf)(input_ids=torch.tensor([ids]), use_cache=True)
-    h, cache = bout.last_hidden_state[:, -1], bout.past_key_values
+    h, cache = bout.last_hidden_state[:, -1], output_cache(bout)
     for _ in range(K):
-        bout = base_model(hf)(inputs_embeds=proj(h)[:, None], past_key_values=cache, use_cache=True)
-        h, cache = bout.last_hidden_state[:, -1], bout.past_key_values
+        bout = base_model(hf)(inputs_embeds=proj(h)[:, None], use_cache=True, **with_cache(hf, cache))
+        h, cache = bout.last_hidden_state[:, -1], output_cache(bout)
     logits = hf.lm_head(h)
     toks = []
     while len(toks) < max_new:
@@ -130,8 +131,8 @@ def _qthink_reference(bench, ids, proj, K, max_new):
         toks.append(t)
         if t in stops:
             break
-        out = hf(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True)
-        logits, cache = out.logits[:, -1], out.past_key_values
+        out = hf(input_ids=torch.tensor([[t]]), use_cache=True, **with_cache(hf, cache))
+        logits, cache = out.logits[:, -1], output_cache(out)
     return toks
 
 

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from .arch import LINEAR_ATTENTION, SOFTMAX_ATTENTION, decoder_layers, final_norm, text_config
+from .compat import CACHE_NAMES, cache_kwarg, with_cache
 from .edits import AddVector
 
 BUCKET = 256  # buffer lengths are rounded up to this, so a decoder is reused across calls
@@ -93,8 +94,9 @@ def unsupported_reason(hf: nn.Module) -> str | None:
         if mixer is None:
             return f"block {i} ({t}) has no {'linear_attn' if t == LINEAR_ATTENTION else 'self_attn'} module"
         params = inspect.signature(type(layer).forward).parameters
-        if not {"position_embeddings", "attention_mask", "past_key_values"} <= set(params):
-            return f"{type(layer).__name__}.forward does not take position_embeddings / attention_mask / past_key_values"
+        if not {"position_embeddings", "attention_mask"} <= set(params) or cache_kwarg(layer) is None:
+            return (f"{type(layer).__name__}.forward does not take position_embeddings / attention_mask / "
+                    f"a cache ({' or '.join(CACHE_NAMES)})")
     if hf.training:
         return "the model is in training mode (call .eval())"
     devices = {p.device for p in hf.parameters()}
@@ -250,6 +252,7 @@ class Decoder:
         if self.graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; this model is on {self.device}")
         self.state: StaticState | None = None
+        self._cache_kw = {}  # filled by prepare: {the blocks' cache keyword: the static state}
         self.x = torch.zeros(batch, self.d, dtype=self.dtype, device=self.device)
         self.pos = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.out = torch.zeros(batch, self.d, dtype=self.dtype, device=self.device)
@@ -282,6 +285,7 @@ class Decoder:
             check_fits(f"the fast decode state for {self.batch} rows x {self.max_len} positions", StaticState.nbytes(want), self.device,
                        "generate with fast=False, fewer rows or fewer new tokens")  # fmt: skip
             self.state = StaticState(want, self.batch, self.max_len, self.device)
+            self._cache_kw = with_cache(self.layers[0], self.state)
             self._graphs.clear()  # captured graphs point at the old buffers
         adds, other = split_edits(edits, len(self.layers))
         self.bias.zero_()
@@ -324,8 +328,8 @@ class Decoder:
                 position_embeddings=pe,
                 attention_mask=mask if self.types[i] == SOFTMAX_ATTENTION else None,
                 position_ids=pos,
-                past_key_values=st,
                 use_cache=True,
+                **self._cache_kw,
             )
             h = out[0] if isinstance(out, tuple) else out
             if i in bias_layers:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._lazy import callable_module
+from .compat import output_cache, with_cache
 from .edits import apply_edits
 from .inputs import as_prompt_list, check_context, positions_from_mask, token_ids
 
@@ -268,10 +269,9 @@ def base_model(hf):
 def forward_embeds(hf, embeds: Tensor, mask: Tensor, positions: Tensor, cache=None):
     """One cached forward of the base model over `embeds` [batch, t, d]; returns
     (last hidden after final norm [batch, t, d], cache)."""
-    out = base_model(hf)(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-    )
-    return out.last_hidden_state, out.past_key_values
+    base = base_model(hf)
+    out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(base, cache))
+    return out.last_hidden_state, output_cache(out)
 
 
 @torch.no_grad()

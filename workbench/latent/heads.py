@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..arch import decoder_layers, final_norm, text_config
+from ..compat import with_cache
 from ..paths import read_json_object
 
 PROJECTION_FILE = "projection_head.pt"
@@ -208,7 +209,8 @@ class LatentHeadModule(nn.Module):
     def forward(self, x: Tensor, position_embeddings, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
         """x [b, t, d] -> next latent inputs [b, t, d]; appends t entries to `cache`."""
         out = self.core.layer(
-            x, position_embeddings=position_embeddings, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache
+            x, position_embeddings=position_embeddings, attention_mask=attention_mask, position_ids=position_ids,
+            **with_cache(self.core.layer, cache),
         )
         if isinstance(out, tuple):
             out = out[0]
