@@ -83,6 +83,27 @@ def test_27b_shape_on_meta():
     assert 26e9 < n_params < 28e9, n_params
 
 
+@pytest.mark.parametrize("name, shape", [("qwen3.5-tiny", (8, 64, (3, 7))), ("qwen3.5-27b-random", (64, 5120, tuple(range(3, 64, 4))))])
+def test_load_on_meta_wraps_for_nnsight(name, shape):
+    """load(name, device="meta") (the documented way to inspect the 27B shape) goes through
+    the nnsight wrap too: a Bench on the meta device, nothing allocated, nothing moved."""
+    bench = wb.load(name, device="meta")
+    assert bench.model is not None and bench.device.type == "meta"
+    assert all(p.device.type == "meta" for p in bench.hf.parameters())
+    a = bench.arch
+    assert (a.n_layers, a.d_model, a.attention_layers) == shape
+    assert "device=meta" in repr(bench)
+
+
+def test_wrap_keeps_the_model_where_it_is(qwen_tiny):
+    """The pipeline nnsight builds is told the model's device: left to itself it picks
+    device 0 and moves the model there (a CPU model onto a GPU)."""
+    from workbench._nnsight import wrap
+
+    lm = wrap(qwen_tiny.hf, qwen_tiny.tokenizer)
+    assert lm is not None and qwen_tiny.device.type == "cpu"
+
+
 def test_smol_arch(smol):
     a = smol.arch
     assert isinstance(a, ArchInfo)

@@ -13,7 +13,17 @@ import torch
 
 
 def wrap(hf: torch.nn.Module, tokenizer: Any):
-    """Wrap an already-loaded transformers causal LM for nnsight traces."""
+    """Wrap an already-loaded transformers causal LM for nnsight traces.
+
+    The model stays where it is. nnsight builds a transformers pipeline around it, and a
+    pipeline given no device picks device 0 and moves the model there: a model on the
+    meta device (shapes only) cannot be moved and raised, and a CPU model on a machine with
+    a GPU would have been moved to the GPU. So the pipeline is told the model's own device;
+    a model spread by accelerate (`hf_device_map`) is placed already and gets none (the
+    pipeline refuses a device then)."""
     from nnsight.modeling.transformers import TransformersModel
 
-    return TransformersModel(hf, task="text-generation", tokenizer=tokenizer)
+    kwargs: dict[str, Any] = {}
+    if getattr(hf, "hf_device_map", None) is None:
+        kwargs["device"] = hf.get_input_embeddings().weight.device
+    return TransformersModel(hf, task="text-generation", tokenizer=tokenizer, **kwargs)
