@@ -229,3 +229,72 @@ def test_capture_is_postponed_while_hooks_exist(qwen_tiny):
         dec._capture()  # no hooks: the capture starts, and on the CPU it fails and says so
     assert dec.graph_error is not None
     fastdecode.release(qwen_tiny.hf)
+
+
+# --------------------------------------------------------------------------- transformers versions
+
+
+@pytest.mark.parametrize("which", ["qwen_tiny", "smol"])
+def test_embedded_models_are_supported(request, which):
+    """The fast path's only refusals are the documented ones (dispatched, sliding window,
+    non-RoPE, flash attention, training mode, meta device): a plain embedded model on one
+    device must be accepted on the installed transformers, or every GPU generation would
+    fall back to the eager loop without a word."""
+    bench = request.getfixturevalue(which)
+    assert fastdecode.unsupported_reason(bench.hf) is None
+
+
+def _old_api_layer_class(cls):
+    """`cls` with the pre-5.24 block signature: the cache comes as `past_key_values=`."""
+
+    class OldAPI(cls):
+        def forward(self, hidden_states, position_embeddings=None, attention_mask=None, position_ids=None,
+                    past_key_values=None, **kwargs):
+            cache = kwargs.pop("cache", past_key_values)  # the model's own forward still says cache=
+            return super().forward(hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
+                                   position_ids=position_ids, cache=cache, **kwargs)
+
+    return OldAPI
+
+
+def test_old_cache_keyword_fast_equals_eager(qwen_tiny):
+    """Blocks that take `past_key_values=` (transformers before 5.24) get the static state
+    under that name: same tokens and logits as the eager loop."""
+    from workbench.arch import decoder_layers
+    from workbench.compat import cache_kwarg
+
+    layers = decoder_layers(qwen_tiny.hf)
+    orig = type(layers[0])
+    old = _old_api_layer_class(orig)
+    fastdecode.release(qwen_tiny.hf)
+    try:
+        for layer in layers:
+            layer.__class__ = old
+        assert cache_kwarg(layers[0]) == "past_key_values"
+        assert fastdecode.unsupported_reason(qwen_tiny.hf) is None
+        v = torch.randn(qwen_tiny.arch.d_model, generator=torch.Generator().manual_seed(1))
+        a, b = _both(qwen_tiny, edits=[AddVector(3, v, 4.0)], max_new_tokens=8)
+        _same(a, b, atol=1e-5)
+    finally:
+        for layer in layers:
+            layer.__class__ = orig
+        fastdecode.release(qwen_tiny.hf)
+    assert cache_kwarg(layers[0]) == "cache"
+
+
+def test_output_cache_reads_both_field_names():
+    from dataclasses import dataclass
+
+    from workbench.compat import output_cache
+
+    @dataclass
+    class New:
+        cache: object = None
+
+    @dataclass
+    class Old:
+        past_key_values: object = None
+
+    assert output_cache(New(cache=1)) == 1 and output_cache(Old(past_key_values=2)) == 2
+    with pytest.raises(TypeError, match="carries no cache"):
+        output_cache(object())
