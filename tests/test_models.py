@@ -11,6 +11,7 @@ import torch
 import workbench as wb
 from workbench import models
 from workbench.arch import ArchInfo
+from workbench.errors import ModelNotFoundError
 
 
 def test_import_does_no_work():
@@ -29,22 +30,26 @@ def test_registry_lists_embedded_models():
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ModelNotFoundError) as e:
         wb.load("no-such-model")
     msg = str(e.value)
     assert "no-such-model" in msg and "smollm2-135m" in msg and "qwen3.5-tiny" in msg
 
 
 def test_missing_local_path_is_clear():
-    with pytest.raises(ValueError, match="no such local path"):
+    with pytest.raises(ModelNotFoundError, match="no such local path"):
         wb.load("./definitely/not/here")
 
 
 def test_hub_id_offline_says_pass_local_path(monkeypatch):
+    import time
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError) as e:
+    t = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as e:
         wb.load("someone/not-a-cached-model-xyz", device="cpu")
-    assert "local path" in str(e.value)
+    assert "local path" in str(e.value) and "HF_HUB_OFFLINE" in str(e.value)
+    assert time.perf_counter() - t < 10, "an offline hub id must fail fast, without network retries"
 
 
 @pytest.mark.parametrize("dtype", ["float8", "int4", "fp64x"])

