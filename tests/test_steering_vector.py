@@ -176,14 +176,26 @@ def _corrupt_files(tmp_path):
 
 
 def test_load_refuses_corrupt_or_foreign_files(tmp_path):
+    from workbench.errors import FileFormatError, MissingFileError
+
     names, pt = _corrupt_files(tmp_path)
+    expected = {
+        "truncated": r"truncated\.safetensors: the safetensors steering vector file is truncated: tensor 'layer\.5'",
+        "header_cut": r"header_cut\.safetensors: the safetensors steering vector file is truncated: its header is",
+        "random": r"random\.safetensors is not a steering vector file: it is not safetensors",
+        "empty": r"empty\.safetensors: the steering vector file is empty",
+        "plain": r"plain\.safetensors is not a steering vector file: safetensors file without",
+    }
+    assert sorted(expected) == sorted(names)
     for name in names:
-        with pytest.raises(ValueError, match="not a steering vector file"):
+        with pytest.raises(FileFormatError, match=expected[name]):
             SteeringVector.load(tmp_path / f"{name}.safetensors")
-    with pytest.raises(ValueError, match="never unpickled"):
+    with pytest.raises(FileFormatError, match="never unpickled"):
         SteeringVector.load(pt)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MissingFileError, match="missing.safetensors does not exist"):
         SteeringVector.load(tmp_path / "missing.safetensors")
+    with pytest.raises(FileFormatError, match="is a folder, not a steering vector file"):
+        SteeringVector.load(tmp_path)
 
 
 def test_load_refuses_other_format_version_and_bad_tensors(tmp_path):
@@ -292,7 +304,7 @@ def test_gguf_refuses_layer_zero_and_foreign_files(tmp_path):
     make().save(st)
     with pytest.raises(ValueError, match="not a GGUF file"):
         SteeringVector.from_gguf(st)
-    with pytest.raises(ValueError, match="is a GGUF file; use SteeringVector.from_gguf"):
+    with pytest.raises(ValueError, match="is a GGUF file \\(read it with SteeringVector.from_gguf"):
         SteeringVector.load(tmp_path / "ok.gguf")
 
     model = tmp_path / "model.gguf"
@@ -307,7 +319,7 @@ def test_gguf_refuses_layer_zero_and_foreign_files(tmp_path):
 
     cut = tmp_path / "cut.gguf"
     cut.write_bytes((tmp_path / "ok.gguf").read_bytes()[:40])
-    with pytest.raises(ValueError, match="unreadable GGUF"):
+    with pytest.raises(ValueError, match="cut.gguf: GGUF metadata is truncated or corrupt at metadata key #0"):
         SteeringVector.from_gguf(cut)
 
     with pytest.raises(ValueError, match="d_model=8, but the model has d_model=4"):

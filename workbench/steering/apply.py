@@ -27,6 +27,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .metrics import kl_divergence
 from .vector import SteeringVector
 
@@ -46,47 +47,54 @@ NEUTRAL_PROMPTS = (
 
 
 def check_compatible(vec: SteeringVector, bench: Any) -> SteeringVector:
-    """Raise ValueError unless ``vec`` fits ``bench`` (d_model, family, layer range)."""
+    """Raise InputError (a ValueError) unless ``vec`` fits ``bench`` (d_model, family, layer range)."""
     a = bench.arch
     if vec.d_model != a.d_model:
-        raise ValueError(
+        raise InputError(
             f"steering vector has d_model={vec.d_model} (made for {vec.model_name or vec.model_family!r}), "
             f"but {bench.name!r} has d_model={a.d_model}"
         )
     if vec.model_family != a.family:
-        raise ValueError(
+        raise InputError(
             f"steering vector was made for model family {vec.model_family!r}, but {bench.name!r} is {a.family!r}"
         )
     bad = [layer for layer in vec.layers if layer >= a.n_layers]
     if bad:
-        raise ValueError(f"steering vector has layers {bad}; {bench.name!r} has layers 0..{a.n_layers - 1}")
+        raise InputError(f"steering vector has layers {bad}; {bench.name!r} has layers 0..{a.n_layers - 1}")
     return vec
 
 
 def load_vector(path: Any, bench: Any | None = None) -> SteeringVector:
     """Read a steering vector (safetensors from ``save`` or a GGUF control vector, told
-    apart by content); with ``bench``, refuse one made for another model."""
+    apart by content); with ``bench``, refuse one made for another model.
+
+    Refusals (all name the file): MissingFileError, FileFormatError (a folder, an empty,
+    truncated or corrupt file, a pickle, a model GGUF, bad metadata), InputError (made
+    for another model)."""
     import os
 
-    with open(path, "rb") as f:
+    from .._fileformat import check_file
+
+    p = check_file(path, "steering vector")
+    with open(p, "rb") as f:
         head = f.read(4)
     if head == b"GGUF":
         vec = SteeringVector.from_gguf(
-            path,
+            p,
             expect_d_model=None if bench is None else bench.arch.d_model,
             expect_family=None if bench is None else bench.arch.family,
         )
     else:
         vec = SteeringVector.load(
-            path,
+            p,
             expect_d_model=None if bench is None else bench.arch.d_model,
             expect_family=None if bench is None else bench.arch.family,
         )
     if bench is not None:
         try:
             check_compatible(vec, bench)
-        except ValueError as err:
-            raise ValueError(f"{os.fspath(path)}: {err}") from None
+        except InputError as err:
+            raise InputError(f"{os.fspath(p)}: {err}") from None
     return vec
 
 
@@ -140,12 +148,12 @@ def next_token_logits(
 def concept_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     """First token id of each word (encoded without special tokens), de-duplicated, sorted."""
     if not words:
-        raise ValueError("concept_words is empty; give at least one word")
+        raise InputError("concept_words is empty; give at least one word")
     ids = set()
     for w in words:
         toks = tokenizer(w, add_special_tokens=False)["input_ids"]
         if not toks:
-            raise ValueError(f"concept word {w!r} encodes to no tokens")
+            raise InputError(f"concept word {w!r} encodes to no tokens")
         ids.add(int(toks[0]))
     return sorted(ids)
 
@@ -217,7 +225,7 @@ def steer_report(
     prompts = list(NEUTRAL_PROMPTS if prompts is None else prompts)
     base = next_token_logits(bench, prompts, None, chat=chat, batch_size=batch_size) if base_logits is None else base_logits
     if base.shape[0] != len(prompts):
-        raise ValueError(f"base_logits has {base.shape[0]} rows for {len(prompts)} prompts")
+        raise InputError(f"base_logits has {base.shape[0]} rows for {len(prompts)} prompts")
     steered = next_token_logits(bench, prompts, steer, chat=chat, batch_size=batch_size)
     per = [kl_divergence(base[i], steered[i]) for i in range(len(prompts))]
     rep = SteerReport(kl=float(sum(per) / len(per)), kl_per_prompt=per, n_prompts=len(prompts))
@@ -259,7 +267,7 @@ def steered_generate(
     from ..generate import generate_full
 
     if "steer" in generate_kwargs:
-        raise ValueError("pass the steering as the `steer` argument only once")
+        raise InputError("pass the steering as the `steer` argument only once")
     as_edits(steer, bench)  # refuse a bad vector before generating anything
     result = generate_full(bench, prompts, steer=steer, **generate_kwargs)
     report = steer_report(bench, steer, kl_prompts, concept_words=concept_words)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
+from ..errors import InputError
 from ..trace import check_layers
 from .methods import Method, get_method, mean_diff
 from .metrics import LayerQuality, SweepResult, layer_quality, split_pairs
@@ -51,7 +52,7 @@ def pairs_from_lists(positives: Sequence[str], negatives: Sequence[str]) -> list
     """Zip two equally long lists into pairs; refuses an unbalanced pair list."""
     positives, negatives = list(positives), list(negatives)
     if len(positives) != len(negatives):
-        raise ValueError(
+        raise InputError(
             f"unbalanced pair list: {len(positives)} positive vs {len(negatives)} negative prompts; "
             f"each positive needs exactly one matched negative"
         )
@@ -77,32 +78,32 @@ def resolve_pairs(pairs: Any, split: str | None = None) -> PairList:
         test_index = [i for i, p in enumerate(chosen) if p.split == "test"]
         pairs = [(p.positive, p.negative) for p in chosen]
     elif split is not None:
-        raise ValueError(f"split={split!r} needs a probe set; plain pair lists have no split")
+        raise InputError(f"split={split!r} needs a probe set; plain pair lists have no split")
     if pairs is None:
-        raise ValueError("pairs is None; give a list of (positive, negative) prompts or a probe set")
+        raise InputError("pairs is None; give a list of (positive, negative) prompts or a probe set")
     try:
         items = list(pairs)
     except TypeError:
-        raise ValueError(
+        raise InputError(
             f"pairs must be a list of (positive, negative) tuples or a probe set, got {type(pairs).__name__}"
         ) from None
     if not items:
-        raise ValueError("the pair list is empty; give at least 2 (positive, negative) pairs")
+        raise InputError("the pair list is empty; give at least 2 (positive, negative) pairs")
     pos, neg = [], []
     for i, item in enumerate(items):
         if isinstance(item, str) or not isinstance(item, (tuple, list)):
-            raise ValueError(f"pair {i} must be a (positive, negative) tuple, got {type(item).__name__}: {item!r:.80}")
+            raise InputError(f"pair {i} must be a (positive, negative) tuple, got {type(item).__name__}: {item!r:.80}")
         if len(item) != 2:
-            raise ValueError(
+            raise InputError(
                 f"unbalanced pair {i}: expected exactly (positive, negative), got {len(item)} item(s)"
             )
         for side, text in zip(("positive", "negative"), item):
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"pair {i}: the {side} prompt must be a non-empty string, got {text!r:.80}")
+                raise InputError(f"pair {i}: the {side} prompt must be a non-empty string, got {text!r:.80}")
         pos.append(item[0])
         neg.append(item[1])
     if len(pos) < 2:
-        raise ValueError(f"need at least 2 pairs to extract a direction, got {len(pos)}")
+        raise InputError(f"need at least 2 pairs to extract a direction, got {len(pos)}")
     return PairList(pos, neg, probe_set, test_index)
 
 
@@ -111,14 +112,14 @@ def resolve_pairs(pairs: Any, split: str | None = None) -> PairList:
 
 def _capture_positions(position: Position) -> int | slice | str:
     if isinstance(position, bool):
-        raise ValueError(f"position must be an int, a slice or 'mean', got {position!r}")
+        raise InputError(f"position must be an int, a slice or 'mean', got {position!r}")
     if isinstance(position, (int, slice)):
         return position
     if position in ("mean", "all"):
         return "mean"  # every real token of each prompt, averaged
     if position == "last":
         return -1
-    raise ValueError(f"position must be an int (e.g. -1 = last prompt token), a slice or 'mean', got {position!r}")
+    raise InputError(f"position must be an int (e.g. -1 = last prompt token), a slice or 'mean', got {position!r}")
 
 
 def position_label(position: Position) -> str:
@@ -176,7 +177,7 @@ def _method(method: Method | str | None) -> Method:
     if isinstance(method, str):
         return get_method(method)
     if not callable(method):
-        raise ValueError(f"method must be a Method (mean_diff(), pca(), logistic()) or its name, got {method!r}")
+        raise InputError(f"method must be a Method (mean_diff(), pca(), logistic()) or its name, got {method!r}")
     return method
 
 
@@ -234,7 +235,7 @@ def _replace_scale(vec: SteeringVector, scale: float) -> SteeringVector:
     from dataclasses import replace
 
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+        raise InputError(f"scale must be a finite number, got {scale!r}")
     return replace(vec, scale=float(scale))
 
 
@@ -306,7 +307,7 @@ def sweep(
     else:
         train, test = split_pairs(n, test_fraction, seed)
     if len(train) < 2:
-        raise ValueError(f"the train split has {len(train)} pair(s); need at least 2 (have {n} pairs in all)")
+        raise InputError(f"the train split has {len(train)} pair(s); need at least 2 (have {n} pairs in all)")
     qualities, directions = [], {}
     layer_iter = list(pos)
     if progress:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 RawMethod = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -47,25 +49,25 @@ def check_pairs(pos: Tensor, neg: Tensor, *, min_pairs: int = 2) -> None:
     """Raise ValueError unless ``pos`` and ``neg`` are finite ``[n, d]`` with equal shape."""
     for name, t in (("pos", pos), ("neg", neg)):
         if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 2:
-            raise ValueError(f"{name} must be 2-D [n_pairs, d_model], got shape {tuple(t.shape)}")
+            raise InputError(f"{name} must be 2-D [n_pairs, d_model], got shape {tuple(t.shape)}")
         if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+            raise InputError(f"{name} must be a floating tensor, got dtype {t.dtype}")
     if pos.shape != neg.shape:
-        raise ValueError(
+        raise InputError(
             f"pos and neg must have the same shape (row i of each is pair i): "
             f"pos {tuple(pos.shape)} vs neg {tuple(neg.shape)}"
         )
     if pos.shape[0] < min_pairs:
-        raise ValueError(f"need at least {min_pairs} pairs, got {pos.shape[0]}")
+        raise InputError(f"need at least {min_pairs} pairs, got {pos.shape[0]}")
     if pos.shape[1] < 1:
-        raise ValueError("d_model must be at least 1, got 0 columns")
+        raise InputError("d_model must be at least 1, got 0 columns")
     for name, t in (("pos", pos), ("neg", neg)):
         bad = ~torch.isfinite(t.detach())
         if bool(bad.any()):
             row, col = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(
+            raise InputError(
                 f"{name} has {int(bad.sum())} non-finite value(s) (NaN/inf); "
                 f"first at pair {row}, dim {col}: {t[row, col].item()}"
             )
@@ -81,12 +83,12 @@ def _finish(v: Tensor, diffs: Tensor, normalize: bool, method: str) -> Tensor:
         v = -v
     norm = float(v.norm())
     if norm == 0.0:
-        raise ValueError(f"{method}: the extracted direction is zero")
+        raise InputError(f"{method}: the extracted direction is zero")
     if normalize:
         return (v / norm).to(torch.float32)
     target = float(diffs.mean(dim=0).norm())
     if target == 0.0:
-        raise ValueError(
+        raise InputError(
             f"{method}: mean(pos - neg) is zero, so there is no magnitude to scale to; "
             f"pass normalize=True for a unit vector"
         )
@@ -109,7 +111,7 @@ def mean_diff(normalize: bool = False) -> Method:
             return v
         norm = v.norm()
         if float(norm) == 0.0:
-            raise ValueError("mean_diff: mean(pos - neg) is zero; cannot normalize")
+            raise InputError("mean_diff: mean(pos - neg) is zero; cannot normalize")
         return v / norm
 
     return Method("mean_diff", _mean_diff, {"normalize": normalize})
@@ -141,7 +143,7 @@ def pca(center: bool = True, normalize: bool = False) -> Method:
         amp = max(float(pos.detach().abs().max()), float(neg.detach().abs().max()))
         if float(s[0]) <= 4 * eps * amp * math.sqrt(x.numel()):
             what = "after centring " if center else ""
-            raise ValueError(
+            raise InputError(
                 f"{name}: pair differences have no variance {what}(all pairs differ "
                 f"identically); use mean_diff or pca(center=False)"
             )
@@ -161,7 +163,7 @@ def logistic(C: float = 1.0, normalize: bool = False, max_iter: int = 1000) -> M
     so its direction is ``coef``'s), signed so positives project higher; scale as above.
     """
     if not C > 0:
-        raise ValueError(f"logistic: C must be > 0, got {C}")
+        raise InputError(f"logistic: C must be > 0, got {C}")
 
     def _logistic(pos: Tensor, neg: Tensor) -> Tensor:
         from sklearn.linear_model import LogisticRegression
@@ -173,7 +175,7 @@ def logistic(C: float = 1.0, normalize: bool = False, max_iter: int = 1000) -> M
         mu = x.mean(axis=0)
         rms = float(np.sqrt(((x - mu) ** 2).mean()))
         if rms == 0.0:
-            raise ValueError("logistic: all activations are identical; nothing to separate")
+            raise InputError("logistic: all activations are identical; nothing to separate")
         clf = LogisticRegression(C=C, max_iter=max_iter).fit((x - mu) / rms, y)
         v = torch.from_numpy(clf.coef_[0] / rms)
         return _finish(v, p - n, normalize, "logistic")
@@ -194,5 +196,5 @@ def get_method(name: str, **kwargs: Any) -> Method:
     try:
         factory = METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid: {sorted(METHODS)}") from None
+        raise InputError(f"unknown method {name!r}; valid: {sorted(METHODS)}") from None
     return factory(**kwargs)

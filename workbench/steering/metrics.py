@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 
 def _f64(t: Tensor) -> Tensor:
     return t.detach().to(device="cpu", dtype=torch.float64)
@@ -21,45 +23,45 @@ def _f64(t: Tensor) -> Tensor:
 
 def _unit(direction: Tensor, d: int | None = None) -> Tensor:
     if direction.ndim != 1:
-        raise ValueError(f"direction must be 1-D [d_model], got shape {tuple(direction.shape)}")
+        raise InputError(f"direction must be 1-D [d_model], got shape {tuple(direction.shape)}")
     if d is not None and direction.shape[0] != d:
-        raise ValueError(f"direction has length {direction.shape[0]}, activations have d={d}")
+        raise InputError(f"direction has length {direction.shape[0]}, activations have d={d}")
     v = _f64(direction)
     if not bool(torch.isfinite(v).all()):
-        raise ValueError("direction has non-finite values (NaN/inf)")
+        raise InputError("direction has non-finite values (NaN/inf)")
     norm = float(v.norm())
     if norm == 0.0:
-        raise ValueError("direction is the zero vector; no projection is defined")
+        raise InputError("direction is the zero vector; no projection is defined")
     return v / norm
 
 
 def _acts(name: str, t: Tensor) -> Tensor:
     if t.ndim != 2 or t.shape[0] < 1:
-        raise ValueError(f"{name} must be 2-D [n >= 1, d_model], got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be 2-D [n >= 1, d_model], got shape {tuple(t.shape)}")
     x = _f64(t)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} has non-finite values (NaN/inf)")
+        raise InputError(f"{name} has non-finite values (NaN/inf)")
     return x
 
 
 def _proj(name: str, t: Tensor, u: Tensor) -> Tensor:
     x = _acts(name, t)
     if x.shape[1] != u.shape[0]:
-        raise ValueError(f"{name} has d={x.shape[1]}, direction has length {u.shape[0]}")
+        raise InputError(f"{name} has d={x.shape[1]}, direction has length {u.shape[0]}")
     return x @ u
 
 
 def _paired(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
     p, n = _acts("pos", pos), _acts("neg", neg)
     if p.shape != n.shape:
-        raise ValueError(f"pos {tuple(p.shape)} and neg {tuple(n.shape)} must have the same shape")
+        raise InputError(f"pos {tuple(p.shape)} and neg {tuple(n.shape)} must have the same shape")
     return p, n
 
 
 def magnitude(direction: Tensor) -> float:
     """L2 norm of the direction."""
     if direction.ndim != 1:
-        raise ValueError(f"direction must be 1-D, got shape {tuple(direction.shape)}")
+        raise InputError(f"direction must be 1-D, got shape {tuple(direction.shape)}")
     return float(_f64(direction).norm())
 
 
@@ -106,10 +108,10 @@ def projection_gap(pos: Tensor, neg: Tensor, direction: Tensor) -> float:
     p, n = _acts("pos", pos), _acts("neg", neg)
     u = _unit(direction, p.shape[1])
     if n.shape[1] != p.shape[1]:
-        raise ValueError(f"pos has d={p.shape[1]}, neg has d={n.shape[1]}")
+        raise InputError(f"pos has d={p.shape[1]}, neg has d={n.shape[1]}")
     dof = p.shape[0] + n.shape[0] - 2
     if dof < 1:
-        raise ValueError("projection_gap needs at least 3 activations in total")
+        raise InputError("projection_gap needs at least 3 activations in total")
     pp, nn = p @ u, n @ u
     gap = float(pp.mean() - nn.mean())
     ss = float(((pp - pp.mean()) ** 2).sum() + ((nn - nn.mean()) ** 2).sum())
@@ -127,17 +129,17 @@ def kl_divergence(p_logits: Tensor, q_logits: Tensor) -> float:
     ``log_softmax``; terms with P = 0 contribute 0.
     """
     if p_logits.shape != q_logits.shape:
-        raise ValueError(f"logit shapes differ: {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}")
+        raise InputError(f"logit shapes differ: {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}")
     if p_logits.ndim < 1 or p_logits.shape[-1] < 1:
-        raise ValueError(f"logits need a non-empty last (vocab) dim, got {tuple(p_logits.shape)}")
+        raise InputError(f"logits need a non-empty last (vocab) dim, got {tuple(p_logits.shape)}")
     vocab = p_logits.shape[-1]
     rows = []
     for name, t in (("p_logits", p_logits), ("q_logits", q_logits)):
         x = _f64(t).reshape(-1, vocab)
         if bool(torch.isnan(x).any()) or bool((x == math.inf).any()):
-            raise ValueError(f"{name} has NaN or +inf values")
+            raise InputError(f"{name} has NaN or +inf values")
         if bool((x == -math.inf).all(dim=1).any()):
-            raise ValueError(f"{name} has a row whose logits are all -inf")
+            raise InputError(f"{name} has a row whose logits are all -inf")
         rows.append(torch.log_softmax(x, dim=-1))
     lp, lq = rows
     pr = lp.exp()
@@ -152,9 +154,9 @@ def split_pairs(n: int, test_fraction: float = 0.25, seed: int = 0) -> tuple[lis
     The permutation comes from ``numpy.random.default_rng(seed)``.
     """
     if n < 2:
-        raise ValueError(f"split_pairs needs n >= 2 pairs, got {n}")
+        raise InputError(f"split_pairs needs n >= 2 pairs, got {n}")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return sorted(int(i) for i in perm[n_test:]), sorted(int(i) for i in perm[:n_test])
@@ -179,16 +181,16 @@ class LayerQuality:
 
     def __post_init__(self) -> None:
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
+            raise InputError(f"layer must be a non-negative int, got {self.layer!r}")
         for name in ("magnitude", "consistency", "probe_accuracy", "gap"):
             if math.isnan(getattr(self, name)):
-                raise ValueError(f"LayerQuality.{name} is NaN (layer {self.layer})")
+                raise InputError(f"LayerQuality.{name} is NaN (layer {self.layer})")
         if not self.magnitude >= 0:
-            raise ValueError(f"magnitude must be >= 0, got {self.magnitude}")
+            raise InputError(f"magnitude must be >= 0, got {self.magnitude}")
         if not -1.0 - 1e-9 <= self.consistency <= 1.0 + 1e-9:
-            raise ValueError(f"consistency must be in [-1, 1], got {self.consistency}")
+            raise InputError(f"consistency must be in [-1, 1], got {self.consistency}")
         if not 0.0 <= self.probe_accuracy <= 1.0:
-            raise ValueError(f"probe_accuracy must be in [0, 1], got {self.probe_accuracy}")
+            raise InputError(f"probe_accuracy must be in [0, 1], got {self.probe_accuracy}")
 
 
 def layer_quality(
@@ -207,7 +209,7 @@ def layer_quality(
     p, n = _paired(pos, neg)
     tr, te = list(train_idx), list(test_idx)
     if not tr or not te:
-        raise ValueError("train_idx and test_idx must both be non-empty")
+        raise InputError("train_idx and test_idx must both be non-empty")
     return LayerQuality(
         layer=layer,
         magnitude=magnitude(direction),
@@ -231,10 +233,10 @@ class SweepResult:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
-            raise ValueError("SweepResult needs at least one LayerQuality")
+            raise InputError("SweepResult needs at least one LayerQuality")
         ids = [q.layer for q in self.layers]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate layers in sweep: {sorted(ids)}")
+            raise InputError(f"duplicate layers in sweep: {sorted(ids)}")
 
     @property
     def best(self) -> LayerQuality:

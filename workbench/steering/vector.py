@@ -10,7 +10,9 @@ with layer 0 cannot be exported to GGUF (drop it with ``select``).
 
 On-disk format (safetensors, format version 1): tensors ``layer.{L}`` (float32 ``[d_model]``)
 and a JSON header under the metadata key ``workbench_steering_vector``. Loading never
-unpickles.
+unpickles, and reads headers before data: a truncated safetensors file or a model GGUF
+passed as a control vector is refused (``workbench.errors.FileFormatError``, naming the
+file and the field) before any tensor is read.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._fileformat import check_file, safetensors_header
+from ..errors import FileFormatError, InputError, OutputExistsError
 
 FORMAT_KEY = "workbench_steering_vector"
 FORMAT_VERSION = 1
@@ -74,16 +79,21 @@ def creation_metadata(
     return meta
 
 
-def _not_ours(path: PathLike, why: str) -> ValueError:
-    return ValueError(f"{os.fspath(path)} is not a steering vector file: {why}")
+def _not_ours(path: PathLike, why: str) -> FileFormatError:
+    return FileFormatError(f"{os.fspath(path)} is not a steering vector file: {why}")
 
 
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp_path)`` on a temp file next to ``path``, then ``os.replace`` it.
+def _atomic_write(path: PathLike, write: Callable[[str], None], overwrite: bool = True) -> None:
+    """Run ``write(tmp_path)`` on a temp file next to ``path``, then move it into place.
 
+    ``overwrite=True`` replaces an existing ``path`` (``os.replace``); ``overwrite=False``
+    refuses with OutputExistsError when ``path`` exists, checked atomically (a hard link
+    that fails if the name is taken), so two writers never replace each other's file.
     On any error the temp file is removed and ``path`` is left untouched.
     """
     target = Path(path)
+    if not overwrite and (target.exists() or target.is_symlink()):
+        raise _exists(target)
     tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
     # os.open with 0o666 honours the umask (mkstemp would leave the final file 0600)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -91,13 +101,28 @@ def _atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise _exists(target) from None
+            except OSError:  # a file system without hard links: check, then rename
+                if target.exists() or target.is_symlink():
+                    raise _exists(target) from None
+                os.replace(tmp, target)
+    finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+
+
+def _exists(target: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{target} already exists; it is not replaced unless you ask for it (overwrite=True), or choose another name"
+    )
 
 
 @dataclass(kw_only=True, eq=False)
@@ -128,17 +153,17 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         if not isinstance(self.directions, dict):
-            raise ValueError(f"directions must be a dict[int, Tensor], got {type(self.directions).__name__}")
+            raise InputError(f"directions must be a dict[int, Tensor], got {type(self.directions).__name__}")
         converted: dict[int, Tensor] = {}
         for layer, t in self.directions.items():
             if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-                raise ValueError(f"layer keys must be ints, got {layer!r} ({type(layer).__name__})")
+                raise InputError(f"layer keys must be ints, got {layer!r} ({type(layer).__name__})")
             if isinstance(t, np.ndarray):
                 t = torch.from_numpy(np.array(t))
             if not isinstance(t, Tensor):
-                raise ValueError(f"direction for layer {layer} must be a Tensor, got {type(t).__name__}")
+                raise InputError(f"direction for layer {layer} must be a Tensor, got {type(t).__name__}")
             if not t.is_floating_point():
-                raise ValueError(f"direction for layer {layer} must be floating point, got {t.dtype}")
+                raise InputError(f"direction for layer {layer} must be floating point, got {t.dtype}")
             converted[int(layer)] = t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
         self.directions = dict(sorted(converted.items()))
         if isinstance(self.scale, numbers.Real) and not isinstance(self.scale, bool):
@@ -147,39 +172,40 @@ class SteeringVector:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Raise ValueError naming the bad value and what is valid. Run again before writing."""
+        """Raise InputError (a ValueError) naming the bad value and what is valid. Run again
+        before writing."""
         for name in ("method", "model_name", "model_family", "position"):
             value = getattr(self, name)
             if not isinstance(value, str) or (name != "model_name" and not value):
-                raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+                raise InputError(f"{name} must be a non-empty str, got {value!r}")
         if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {self.d_model!r}")
+            raise InputError(f"d_model must be a positive int, got {self.d_model!r}")
         if self.n_layers is not None and (
             isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) or self.n_layers < 1
         ):
-            raise ValueError(f"n_layers must be a positive int or None, got {self.n_layers!r}")
+            raise InputError(f"n_layers must be a positive int or None, got {self.n_layers!r}")
         if not isinstance(self.scale, float) or not math.isfinite(self.scale):
-            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+            raise InputError(f"scale must be a finite number, got {self.scale!r}")
         if not isinstance(self.metadata, dict):
-            raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
+            raise InputError(f"metadata must be a dict, got {type(self.metadata).__name__}")
         try:
             json.dumps(self.metadata, allow_nan=False)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"metadata must be JSON-serialisable (no NaN/inf): {err}") from None
+            raise InputError(f"metadata must be JSON-serialisable (no NaN/inf): {err}") from None
         if not self.directions:
-            raise ValueError("a steering vector needs at least one layer; directions is empty")
+            raise InputError("a steering vector needs at least one layer; directions is empty")
         valid = f"0..{self.n_layers - 1}" if self.n_layers is not None else "any int >= 0"
         for layer, t in self.directions.items():
             if layer < 0 or (self.n_layers is not None and layer >= self.n_layers):
-                raise ValueError(f"layer {layer} is out of range; valid layers: {valid} (n_layers={self.n_layers})")
+                raise InputError(f"layer {layer} is out of range; valid layers: {valid} (n_layers={self.n_layers})")
             if t.ndim != 1 or t.shape[0] != self.d_model:
-                raise ValueError(
+                raise InputError(
                     f"direction for layer {layer} has shape {tuple(t.shape)}; expected ({self.d_model},) = (d_model,)"
                 )
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])
-                raise ValueError(
+                raise InputError(
                     f"direction for layer {layer} has {int(bad.sum())} non-finite value(s); "
                     f"first at index {i}: {t[i].item()}"
                 )
@@ -207,7 +233,7 @@ class SteeringVector:
         for layer, t in self.directions.items():
             norm = float(t.double().norm())
             if norm == 0.0:
-                raise ValueError(f"direction for layer {layer} is zero; cannot normalize")
+                raise InputError(f"direction for layer {layer} is zero; cannot normalize")
             out[layer] = (t.double() / norm).float()
         return self._with(out, "normalized")
 
@@ -215,7 +241,7 @@ class SteeringVector:
         """Copy with directions multiplied by ``s`` (baked in). ``scale`` is left unchanged;
         to change only the default multiplier use ``dataclasses.replace(v, scale=s)``."""
         if not math.isfinite(float(s)):
-            raise ValueError(f"scale factor must be finite, got {s!r}")
+            raise InputError(f"scale factor must be finite, got {s!r}")
         return self._with({k: t * float(s) for k, t in self.directions.items()}, f"scaled({float(s)!r})")
 
     def select(self, layers: Iterable[int]) -> SteeringVector:
@@ -223,7 +249,7 @@ class SteeringVector:
         wanted = sorted(set(layers))
         missing = [layer for layer in wanted if layer not in self.directions]
         if missing:
-            raise ValueError(f"layers {missing} not in this vector; it has {self.layers}")
+            raise InputError(f"layers {missing} not in this vector; it has {self.layers}")
         return self._with({k: self.directions[k] for k in wanted}, f"select({wanted})")
 
     # ------------------------------------------------------------------ steering edits
@@ -233,12 +259,12 @@ class SteeringVector:
         wanted = [layers] if isinstance(layers, int) else list(layers)
         for layer in wanted:
             if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-                raise ValueError(f"layers must be ints, got {layer!r}")
+                raise InputError(f"layers must be ints, got {layer!r}")
         missing = sorted({int(x) for x in wanted} - set(self.directions))
         if missing:
-            raise ValueError(f"layers {missing} not in this vector; it has {self.layers}")
+            raise InputError(f"layers {missing} not in this vector; it has {self.layers}")
         if not wanted:
-            raise ValueError(f"layers is empty; this vector has {self.layers}")
+            raise InputError(f"layers is empty; this vector has {self.layers}")
         return sorted({int(x) for x in wanted})
 
     def edits(self, scale: float | None = None, where: str = "all", layers: int | Iterable[int] | None = None) -> list:
@@ -249,7 +275,7 @@ class SteeringVector:
 
         s = self.scale if scale is None else scale
         if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(float(s)):
-            raise ValueError(f"scale must be a finite number, got {s!r}")
+            raise InputError(f"scale must be a finite number, got {s!r}")
         return [AddVector(layer, self.directions[layer], float(s), where) for layer in self._pick(layers)]
 
     def ablation_edits(
@@ -260,7 +286,7 @@ class SteeringVector:
         from ..edits import Ablate
 
         if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(float(strength)):
-            raise ValueError(f"strength must be a finite number, got {strength!r}")
+            raise InputError(f"strength must be a finite number, got {strength!r}")
         return [Ablate(layer, self.directions[layer], float(strength), where) for layer in self._pick(layers)]
 
     def steer(self, scale: float | None = None, where: str = "all", layers: int | Iterable[int] | None = None) -> Steer:
@@ -306,8 +332,9 @@ class SteeringVector:
             "written_by": f"workbench {workbench_version()}",
         }
 
-    def save(self, path: PathLike) -> None:
-        """Write a safetensors file atomically (temp file in the same dir, then ``os.replace``)."""
+    def save(self, path: PathLike, *, overwrite: bool = True) -> None:
+        """Write a safetensors file atomically (temp file in the same dir, then moved into
+        place). ``overwrite=False`` refuses (OutputExistsError) when ``path`` exists."""
         from safetensors.torch import save as st_save
 
         self.validate()  # directions are mutable tensors: re-check before writing
@@ -318,63 +345,68 @@ class SteeringVector:
             with open(tmp, "wb") as f:
                 f.write(blob)
 
-        _atomic_write(path, write)
+        _atomic_write(path, write, overwrite)
 
     @classmethod
     def load(
         cls, path: PathLike, *, expect_d_model: int | None = None, expect_family: str | None = None
     ) -> SteeringVector:
-        """Read a file written by ``save``. Refuses anything else with a ValueError; never unpickles."""
+        """Read a file written by ``save``; never unpickles.
+
+        The header is read and checked first (truncation, tensor names, dtypes and shapes,
+        the model it was made for), then the tensors. Refusals: MissingFileError (no such
+        file), FileFormatError naming the file and the field (a folder, an empty, truncated
+        or corrupt file, another kind of file, bad metadata, NaN values), InputError when
+        the vector was made for another model (``expect_d_model`` / ``expect_family``)."""
         from safetensors import safe_open
 
-        with open(path, "rb") as f:
-            head = f.read(8)
-        try:
-            with safe_open(os.fspath(path), framework="pt", device="cpu") as st:
-                meta = st.metadata() or {}
-                tensors = {name: st.get_tensor(name) for name in st.keys()}
-        except Exception as err:
-            # Sniff only after safetensors refused it: its 8-byte length prefix can start with anything.
-            if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-                raise _not_ours(path, "it looks like a PyTorch/pickle (.pt) file, which is never unpickled here") from None
-            if head.startswith(b"GGUF"):
-                raise _not_ours(path, "it is a GGUF file; use SteeringVector.from_gguf") from None
-            raise _not_ours(path, f"not a readable safetensors file ({type(err).__name__}: {err})") from None
+        p = check_file(path, "steering vector")
+        meta, entries = safetensors_header(p, "steering vector")
         if FORMAT_KEY not in meta:
-            raise _not_ours(path, f"safetensors file without the {FORMAT_KEY!r} metadata key")
+            raise _not_ours(p, f"safetensors file without the {FORMAT_KEY!r} metadata key (not written by SteeringVector.save)")
         try:
             header = json.loads(meta[FORMAT_KEY])
         except json.JSONDecodeError as err:
-            raise _not_ours(path, f"{FORMAT_KEY!r} metadata is not valid JSON ({err})") from None
+            raise _not_ours(p, f"{FORMAT_KEY!r} metadata is not valid JSON ({err})") from None
         if not isinstance(header, dict):
-            raise _not_ours(path, f"{FORMAT_KEY!r} metadata is not a JSON object")
+            raise _not_ours(p, f"{FORMAT_KEY!r} metadata is not a JSON object")
         version = header.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{os.fspath(path)}: unsupported steering vector format version {version!r}; "
+            raise FileFormatError(
+                f"{p}: unsupported steering vector format version {version!r} (field 'format_version'); "
                 f"this workbench reads version {FORMAT_VERSION}"
             )
         missing = [k for k in _HEADER_FIELDS if k not in header]
         if missing:
-            raise ValueError(f"{os.fspath(path)}: steering vector header lacks {missing}")
+            raise FileFormatError(f"{p}: steering vector header lacks {missing} (it needs {list(_HEADER_FIELDS)})")
         unknown = sorted(set(header) - set(_HEADER_FIELDS) - {"format_version", "layers", "written_by"})
         if unknown:
-            warnings.warn(f"{os.fspath(path)}: ignoring unknown steering vector header keys {unknown}")
-        directions: dict[int, Tensor] = {}
-        for name, t in tensors.items():
+            warnings.warn(f"{p}: ignoring unknown steering vector header keys {unknown}")
+        layers: dict[int, str] = {}
+        for name, info in entries.items():
             m = _TENSOR_NAME.fullmatch(name)
             if m is None:
-                raise ValueError(f"{os.fspath(path)}: unexpected tensor {name!r}; expected names 'layer.<int>'")
-            directions[int(m.group(1))] = t
-        if "layers" in header and sorted(header["layers"]) != sorted(directions):
-            raise ValueError(
-                f"{os.fspath(path)}: header lists layers {header['layers']} but tensors hold {sorted(directions)}"
-            )
-        _check_expected(path, header["d_model"], header["model_family"], expect_d_model, expect_family)
+                raise FileFormatError(f"{p}: unexpected tensor {name!r}; expected names 'layer.<int>'")
+            if info["dtype"] not in _FLOAT_DTYPES:
+                raise FileFormatError(
+                    f"{p}: tensor {name!r} has dtype {info['dtype']}; a steering vector holds floats "
+                    f"({', '.join(sorted(_FLOAT_DTYPES))}; written as F32)"
+                )
+            if len(info["shape"]) != 1:
+                raise FileFormatError(f"{p}: tensor {name!r} has shape {info['shape']}; expected [d_model], one row per layer")
+            layers[int(m.group(1))] = name
+        if "layers" in header and (not isinstance(header["layers"], list) or sorted(map(str, header["layers"])) != sorted(map(str, layers))):
+            raise FileFormatError(f"{p}: header field 'layers' lists {header['layers']!r} but the tensors hold {sorted(layers)}")
+        _check_expected(p, header["d_model"], header["model_family"], expect_d_model, expect_family)
+        try:
+            with safe_open(p, framework="pt", device="cpu") as st:
+                directions = {layer: st.get_tensor(name) for layer, name in layers.items()}
+        except Exception as err:  # the header was whole; the data is not
+            raise FileFormatError(f"{p}: the safetensors steering vector file is corrupt ({type(err).__name__}: {err})") from None
         try:
             return cls(directions=directions, **{k: header[k] for k in _HEADER_FIELDS})
         except ValueError as err:
-            raise ValueError(f"{os.fspath(path)}: invalid steering vector: {err}") from None
+            raise FileFormatError(f"{p}: invalid steering vector: {err}") from None
 
     # ------------------------------------------------------------------ GGUF (llama.cpp)
     def to_gguf(
@@ -384,6 +416,7 @@ class SteeringVector:
         model_hint: str | None = None,
         multiplier: float | None = None,
         workbench_metadata: bool = True,
+        overwrite: bool = True,
     ) -> None:
         """Write a llama.cpp control vector (the layout repeng's ``export_gguf`` writes).
 
@@ -394,25 +427,26 @@ class SteeringVector:
         is multiplied in (llama.cpp then applies ``--control-vector-scaled FILE s`` on top).
         ``workbench_metadata`` adds one extra string KV (``workbench.steering_vector``, JSON)
         so ``from_gguf`` can restore every field; set False for a byte-for-byte repeng layout.
+        ``overwrite=False`` refuses (OutputExistsError) when ``path`` exists.
         """
         import gguf
 
         self.validate()
         if 0 in self.directions:
-            raise ValueError(
+            raise InputError(
                 "llama.cpp control vectors cannot steer the output of block 0 (it rejects "
                 "'direction.0'); drop it first, e.g. vector.select(l for l in vector.layers if l)"
             )
         mult = 1.0 if multiplier is None else float(multiplier)
         if not math.isfinite(mult):
-            raise ValueError(f"multiplier must be finite, got {multiplier!r}")
+            raise InputError(f"multiplier must be finite, got {multiplier!r}")
         arrays = {
             layer: (t if multiplier is None else t * mult).numpy().astype(np.float32, copy=False)
             for layer, t in self.directions.items()
         }
         bad = [layer for layer, a in arrays.items() if not np.isfinite(a).all()]
         if bad:
-            raise ValueError(f"multiplier {mult} makes layers {bad} non-finite")
+            raise InputError(f"multiplier {mult} makes layers {bad} non-finite")
         header = {**self._header(), "gguf_multiplier": multiplier}
 
         def write(tmp: str) -> None:
@@ -430,7 +464,7 @@ class SteeringVector:
             finally:
                 writer.close()
 
-        _atomic_write(path, write)
+        _atomic_write(path, write, overwrite)
 
     @classmethod
     def from_gguf(
@@ -448,53 +482,58 @@ class SteeringVector:
         explicit arguments override them. Without them: family = model_hint, model_name =
         model_hint, method = "gguf", position = "-1". Directions are read as stored (a
         multiplier baked in at export stays in; it is recorded as ``metadata['gguf_multiplier']``).
-        """
-        import gguf
 
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ValueError(f"{os.fspath(path)} is not a GGUF file (bad magic)")
-        try:
-            reader = gguf.GGUFReader(os.fspath(path))
-            fields = {name: fld.contents() for name, fld in reader.fields.items()}
-            raw = [(t.name, int(t.tensor_type), np.array(t.data, dtype=np.float32, copy=True)) for t in reader.tensors]
-        except Exception as err:
-            raise ValueError(f"{os.fspath(path)}: unreadable GGUF file ({type(err).__name__}: {err})") from None
-        del reader
-        arch = fields.get("general.architecture")
-        if arch != GGUF_ARCH:
-            raise ValueError(f"{os.fspath(path)}: GGUF architecture is {arch!r}, not {GGUF_ARCH!r}; not a control vector")
+        The metadata and tensor list are read and checked first (a model GGUF is refused at
+        its ``general.architecture`` key, before any tensor is read); then only the
+        ``direction.<layer>`` tensors are read. Refusals as in ``load``."""
+        p = check_file(path, "control vector")
+        g = _read_gguf_layout(p)
+        fields, infos = g.fields, g.tensors
         hint = fields.get(f"{GGUF_ARCH}.model_hint")
-        if not isinstance(hint, str):
-            raise ValueError(f"{os.fspath(path)}: control vector lacks the {GGUF_ARCH}.model_hint string")
-        directions: dict[int, Tensor] = {}
-        for name, ttype, data in raw:
-            m = _GGUF_TENSOR_NAME.fullmatch(name)
+        if not isinstance(hint, str) or not hint:
+            raise FileFormatError(
+                f"{p}: control vector field {GGUF_ARCH}.model_hint must be a non-empty string, got {_shown(hint)}"
+            )
+        if not infos:
+            raise FileFormatError(f"{p}: control vector has no direction tensors; expected 'direction.<layer>' tensors")
+        layer_of: dict[int, _GGUFTensor] = {}
+        for t in infos:
+            m = _GGUF_TENSOR_NAME.fullmatch(t.name)
             if m is None:
-                raise ValueError(f"{os.fspath(path)}: unexpected tensor {name!r}; expected 'direction.<int>'")
-            if ttype not in (int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.F16)):
-                raise ValueError(f"{os.fspath(path)}: tensor {name!r} has GGML type {ttype}; expected F32")
-            if data.ndim != 1:
-                raise ValueError(f"{os.fspath(path)}: tensor {name!r} has shape {data.shape}; expected 1-D")
-            directions[int(m.group(1))] = torch.from_numpy(data)
-        if not directions:
-            raise ValueError(f"{os.fspath(path)}: control vector has no direction tensors")
-        if 0 in directions:
-            warnings.warn(f"{os.fspath(path)}: has 'direction.0', which llama.cpp rejects")
+                raise FileFormatError(f"{p}: unexpected tensor {t.name!r}; a control vector holds only 'direction.<layer>' tensors")
+            if t.ggml_type not in _GGUF_FLOAT:
+                raise FileFormatError(f"{p}: tensor {t.name!r} has GGML type {_ggml_name(t.ggml_type)}; expected F32 (or F16)")
+            if len(t.dims) != 1:
+                raise FileFormatError(f"{p}: tensor {t.name!r} has shape {list(t.dims)}; expected 1-D [d_model]")
+            layer_of[int(m.group(1))] = t
+        widths = sorted({t.dims[0] for t in infos})
+        if len(widths) != 1:
+            raise FileFormatError(f"{p}: direction tensors have different lengths {widths}; all must be d_model long")
+        if 0 in layer_of:
+            warnings.warn(f"{p}: has 'direction.0', which llama.cpp rejects")
         count = fields.get(f"{GGUF_ARCH}.layer_count")
-        if count is not None and count != len(directions):
-            warnings.warn(f"{os.fspath(path)}: layer_count={count} but {len(directions)} direction tensors")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise FileFormatError(f"{p}: field {GGUF_ARCH}.layer_count must be an integer, got {_shown(count)}")
+        if count is not None and count != len(layer_of):
+            warnings.warn(f"{p}: layer_count={count} but {len(layer_of)} direction tensors")
 
         stored: dict[str, Any] = {}
         if GGUF_WORKBENCH_KEY in fields:
+            raw = fields[GGUF_WORKBENCH_KEY]
+            if not isinstance(raw, str):
+                raise FileFormatError(f"{p}: field {GGUF_WORKBENCH_KEY} must be a JSON string, got {_shown(raw)}")
             try:
-                stored = json.loads(fields[GGUF_WORKBENCH_KEY])
-            except (TypeError, json.JSONDecodeError):
-                warnings.warn(f"{os.fspath(path)}: ignoring unreadable {GGUF_WORKBENCH_KEY} metadata")
-                stored = {}
-        d_model = next(iter(directions.values())).shape[0]
+                stored = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise FileFormatError(f"{p}: field {GGUF_WORKBENCH_KEY} is not valid JSON ({err})") from None
+            if not isinstance(stored, dict):
+                raise FileFormatError(f"{p}: field {GGUF_WORKBENCH_KEY} must hold a JSON object, got {type(stored).__name__}")
+            if stored.get("metadata") is not None and not isinstance(stored["metadata"], dict):
+                raise FileFormatError(f"{p}: field {GGUF_WORKBENCH_KEY}: 'metadata' must be a JSON object, got {stored['metadata']!r}")
+        d_model = widths[0]
         family = stored.get("model_family", hint)
-        _check_expected(path, d_model, family, expect_d_model, expect_family)
+        _check_expected(p, d_model, family, expect_d_model, expect_family)
+        directions = {layer: torch.from_numpy(g.read(t)) for layer, t in sorted(layer_of.items())}
         if stored:
             metadata = dict(stored.get("metadata") or {})
         else:
@@ -514,18 +553,189 @@ class SteeringVector:
                 metadata=metadata,
             )
         except ValueError as err:
-            raise ValueError(f"{os.fspath(path)}: invalid control vector: {err}") from None
+            raise FileFormatError(f"{p}: invalid control vector: {err}") from None
+
+
+# --------------------------------------------------------------------------- GGUF layout
+
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_GGUF_F32, _GGUF_F16 = 0, 1  # GGMLQuantizationType values
+_GGUF_FLOAT = {_GGUF_F32: "f4", _GGUF_F16: "f2"}
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_MAX_DIMS = 4
+CONTROL_VECTOR_LAYOUT = (
+    "a control vector has general.architecture = 'controlvector', a controlvector.model_hint string "
+    "and one 1-D F32 tensor 'direction.<layer>' per steered layer"
+)
+
+
+@dataclass(frozen=True)
+class _GGUFTensor:
+    name: str
+    dims: tuple[int, ...]
+    ggml_type: int
+    offset: int  # from the start of the data section
+
+
+@dataclass
+class _GGUFLayout:
+    path: str
+    endian: str
+    fields: dict[str, Any]  # scalars and strings; arrays as ("array", element type, count)
+    tensors: list[_GGUFTensor]
+    data_start: int
+    size: int
+
+    def read(self, t: _GGUFTensor) -> np.ndarray:
+        """One tensor's values as float32 (a control vector tensor: F32 or F16, 1-D)."""
+        dtype = np.dtype(self.endian + _GGUF_FLOAT[t.ggml_type])
+        count = int(np.prod(t.dims)) if t.dims else 1
+        start = self.data_start + t.offset
+        if start + count * dtype.itemsize > self.size:
+            raise FileFormatError(
+                f"{self.path}: the GGUF file is truncated: tensor {t.name!r} needs bytes {start}..{start + count * dtype.itemsize} "
+                f"but the file has {self.size}"
+            )
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            data = np.fromfile(f, dtype=dtype, count=count)
+        return data.astype(np.float32)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple) and value[:1] == ("array",):
+        return f"an array of {value[2]} values"
+    return "nothing" if value is None else repr(value)
+
+
+def _ggml_name(t: int) -> str:
+    try:
+        import gguf
+
+        return gguf.GGMLQuantizationType(t).name
+    except Exception:  # unknown number, or gguf not installed
+        return str(t)
+
+
+class _Cursor:
+    """Sequential reads of a GGUF header with every length checked against the file."""
+
+    def __init__(self, f: Any, path: str, size: int, endian: str):
+        import struct
+
+        self.f, self.path, self.size, self.endian, self.struct = f, path, size, endian, struct
+
+    def take(self, n: int, where: str) -> bytes:
+        pos = self.f.tell()
+        if n < 0 or pos + n > self.size:
+            raise FileFormatError(
+                f"{self.path}: GGUF metadata is truncated or corrupt at {where}: {n} bytes needed at offset {pos}, "
+                f"the file has {self.size}"
+            )
+        return self.f.read(n)
+
+    def num(self, code: str, where: str) -> Any:
+        fmt = self.endian + code
+        return self.struct.unpack(fmt, self.take(self.struct.calcsize(fmt), where))[0]
+
+    def string(self, where: str, limit: int | None = None) -> str:
+        n = self.num("Q", where)
+        if limit is not None and n > limit:
+            raise FileFormatError(f"{self.path}: GGUF metadata is corrupt at {where}: a string of {n} bytes (at most {limit} expected)")
+        raw = self.take(n, where)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FileFormatError(f"{self.path}: GGUF metadata is corrupt at {where}: the string is not UTF-8") from None
+
+    def value(self, vtype: int, where: str, depth: int = 0) -> Any:
+        if vtype in _GGUF_SCALARS:
+            return self.num(_GGUF_SCALARS[vtype], where)
+        if vtype == _GGUF_STRING:
+            return self.string(where)
+        if vtype == _GGUF_ARRAY and depth < 2:
+            itype = self.num("I", where)
+            count = self.num("Q", where)
+            if count > self.size:
+                raise FileFormatError(f"{self.path}: GGUF metadata is corrupt at {where}: an array of {count} values in a {self.size}-byte file")
+            if itype in _GGUF_SCALARS:  # skip the values: nothing here needs an array
+                self.take(count * self.struct.calcsize(_GGUF_SCALARS[itype]), where)
+            else:
+                for _ in range(count):
+                    self.value(itype, where, depth + 1)
+            return ("array", itype, count)
+        raise FileFormatError(f"{self.path}: GGUF metadata is corrupt at {where}: unknown value type {vtype}")
+
+
+def _read_gguf_layout(path: str) -> _GGUFLayout:
+    """The metadata and tensor list of a GGUF control vector, read from its header alone
+    (no tensor data). A file whose general.architecture is not 'controlvector' (a model)
+    is refused as soon as that key is read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        if magic != b"GGUF":
+            raise FileFormatError(f"{path} is not a GGUF file (it does not start with 'GGUF'); {CONTROL_VECTOR_LAYOUT}")
+        raw_version = f.read(4)
+        if len(raw_version) < 4:
+            raise FileFormatError(f"{path}: the GGUF file is truncated (it ends inside the version field)")
+        endian = "<"
+        version = int.from_bytes(raw_version, "little")
+        if version & 0xFFFF == 0:  # written for the other byte order
+            endian, version = ">", int.from_bytes(raw_version, "big")
+        if version not in (2, 3):
+            raise FileFormatError(f"{path}: GGUF version {version} is not read here (field 'version'; versions 2 and 3 are)")
+        cur = _Cursor(f, path, size, endian)
+        n_tensors = cur.num("Q", "the tensor count")
+        n_kv = cur.num("Q", "the metadata count")
+        if n_kv > size or n_tensors > size:
+            raise FileFormatError(f"{path}: GGUF header is corrupt: it claims {n_kv} metadata keys and {n_tensors} tensors in {size} bytes")
+        fields: dict[str, Any] = {}
+        for i in range(n_kv):
+            key = cur.string(f"metadata key #{i}", limit=65536)
+            vtype = cur.num("I", f"the type of metadata key {key!r}")
+            value = cur.value(vtype, f"metadata key {key!r}")
+            if key in fields:
+                raise FileFormatError(f"{path}: GGUF metadata is corrupt: key {key!r} appears twice")
+            fields[key] = value
+            if key == "general.architecture":
+                if not isinstance(value, str):
+                    raise FileFormatError(f"{path}: GGUF field general.architecture must be a string, got {_shown(value)}")
+                if value != GGUF_ARCH:
+                    raise FileFormatError(
+                        f"{path}: GGUF architecture is {value!r} (field general.architecture), not {GGUF_ARCH!r}: this is "
+                        f"a model or another kind of GGUF file, not a control vector; {CONTROL_VECTOR_LAYOUT}"
+                    )
+        if "general.architecture" not in fields:
+            raise FileFormatError(f"{path}: GGUF file has no general.architecture field; {CONTROL_VECTOR_LAYOUT}")
+        tensors = []
+        for j in range(n_tensors):
+            name = cur.string(f"the name of tensor #{j}", limit=65536)
+            n_dims = cur.num("I", f"tensor {name!r}")
+            if n_dims > _GGUF_MAX_DIMS:
+                raise FileFormatError(f"{path}: GGUF tensor {name!r} claims {n_dims} dimensions (at most {_GGUF_MAX_DIMS})")
+            dims = tuple(cur.num("Q", f"tensor {name!r}") for _ in range(n_dims))
+            ttype = cur.num("I", f"tensor {name!r}")
+            offset = cur.num("Q", f"tensor {name!r}")
+            tensors.append(_GGUFTensor(name, dims, ttype, offset))
+        align = fields.get("general.alignment", 32)
+        if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise FileFormatError(f"{path}: GGUF field general.alignment must be a power of two, got {_shown(align)}")
+        pos = f.tell()
+    data_start = pos + (-pos % align)
+    return _GGUFLayout(path, endian, fields, tensors, data_start, size)
 
 
 def _check_expected(
     path: PathLike, d_model: Any, family: Any, expect_d_model: int | None, expect_family: str | None
 ) -> None:
     if expect_d_model is not None and d_model != expect_d_model:
-        raise ValueError(
+        raise InputError(
             f"{os.fspath(path)}: vector has d_model={d_model}, but the model has d_model={expect_d_model}"
         )
     if expect_family is not None and family != expect_family:
-        raise ValueError(
+        raise InputError(
             f"{os.fspath(path)}: vector was made for model family {family!r}, expected {expect_family!r}"
         )
 
@@ -547,4 +757,4 @@ class Steer:
             return self.vector.edits(self.amount, self.where, self.layers)
         if self.op == "ablate":
             return self.vector.ablation_edits(self.amount, self.where, self.layers)
-        raise ValueError(f"op must be 'add' or 'ablate', got {self.op!r}")
+        raise InputError(f"op must be 'add' or 'ablate', got {self.op!r}")
