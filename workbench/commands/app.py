@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 
 def register(sub) -> None:
     p = sub.add_parser("app", help="start the web app (Model, Steering, Prefix & Sinks, Latent reasoning, Training)")
@@ -19,9 +21,9 @@ def register(sub) -> None:
 
 def _app(args) -> int:
     if args.port is not None and not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
     if args.concurrency < 1:
-        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
+        raise InputError(f"--concurrency must be >= 1, got {args.concurrency}")
     from apps.app import build_app, launch
 
     demo = build_app(args.model, args.allow_dir, device=args.device, dtype=args.dtype)

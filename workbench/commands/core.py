@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_model_args, load_from_args, print_json
+from ._common import add_model_args, finite_float, load_from_args, print_json
 
 
 def register(sub) -> None:
@@ -20,8 +20,8 @@ def register(sub) -> None:
     add_model_args(p, positional=False)
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=finite_float, default=0.0)
+    p.add_argument("--top-p", type=finite_float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--raw", action="store_true", help="raw text, no chat template")
     p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import add_model_args, load_from_args, print_json
+from ._common import add_model_args, check_token_id, finite_float, load_from_args, print_json
 
 METHODS = ("coconut", "projection", "latent-head", "soft", "trained")
 
@@ -20,41 +20,63 @@ def _add_policy_args(p, multiple: bool = False) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="latent head: positions per latent vector")
     p.add_argument("--max-internal-tokens", type=int, default=None, help="latent head: budget in positions")
     p.add_argument("--think-close-id", type=int, default=None, help="latent head: the </think> token id")
-    p.add_argument("--soft-temperature", type=float, default=0.6)
+    p.add_argument("--soft-temperature", type=finite_float, default=0.6)
     p.add_argument("--soft-top-k", type=int, default=15)
-    p.add_argument("--soft-top-p", type=float, default=0.95)
-    p.add_argument("--cold-entropy", type=float, default=0.01)
+    p.add_argument("--soft-top-p", type=finite_float, default=0.95)
+    p.add_argument("--cold-entropy", type=finite_float, default=0.01)
     p.add_argument("--cold-patience", type=int, default=8)
     p.add_argument("--end-marker", default=None, help="coconut / projection: token fed after the last latent step")
 
 
+def check_policy_args(args, methods) -> None:
+    """What can be refused before a model is loaded: counts that must be positive (an
+    explicit `--steps 0` is an error, never the default), a missing --head, ids < 0."""
+    from ..errors import InputError, check_int
+
+    for flag, attr in (("--steps", "steps"), ("--chunk-size", "chunk_size"), ("--max-internal-tokens", "max_internal_tokens")):
+        v = getattr(args, attr, None)
+        if v is not None:
+            check_int(v, flag, low=1)
+    if getattr(args, "think_close_id", None) is not None:
+        check_int(args.think_close_id, "--think-close-id", low=0)
+    for method in methods:
+        if method in ("projection", "latent-head", "trained") and not args.head:
+            need = {"projection": "PATH (a projection_head.safetensors)", "latent-head": "PATH (latent_head.safetensors or its folder)",
+                    "trained": "FOLDER (the 'final' folder a latent training recipe wrote)"}[method]  # fmt: skip
+            raise InputError(f"--method {method} needs --head {need}")
+
+
 def make_policy(args, method: str, bench=None):
     from .. import latent
+    from ..errors import InputError
 
+    steps = args.steps  # None: the method's default; an explicit count is passed through as given
+    if bench is not None:
+        check_token_id(args.think_close_id, "--think-close-id", bench)
     if method == "coconut":
-        return latent.Coconut(steps=args.steps or 6, end=args.end_marker)
+        return latent.Coconut(steps=6 if steps is None else steps, end=args.end_marker)
     if method == "projection":
         if not args.head:
-            raise ValueError("--method projection needs --head PATH (a projection_head.pt / .safetensors)")
-        return latent.ProjectionHead.load(args.head, steps=args.steps or 6, end=args.end_marker)
+            raise InputError("--method projection needs --head PATH (a projection_head.pt / .safetensors)")
+        return latent.ProjectionHead.load(args.head, steps=6 if steps is None else steps, end=args.end_marker)
     if method == "latent-head":
         if not args.head:
-            raise ValueError("--method latent-head needs --head PATH (latent_head.safetensors or its folder)")
+            raise InputError("--method latent-head needs --head PATH (latent_head.safetensors or its folder)")
         pol = latent.LatentHead.load(
             args.head, think_close_token_id=args.think_close_id, max_internal_tokens=args.max_internal_tokens, chunk_size=args.chunk_size
         )
-        return pol.with_steps(args.steps) if args.steps else pol
+        return pol if steps is None else pol.with_steps(steps)
     if method == "soft":
         return latent.SoftThinking(
-            max_steps=args.steps or 64, temperature=args.soft_temperature, top_k=args.soft_top_k, top_p=args.soft_top_p,
+            max_steps=64 if steps is None else steps, temperature=args.soft_temperature, top_k=args.soft_top_k, top_p=args.soft_top_p,
             cold_entropy=args.cold_entropy, cold_patience=args.cold_patience,
         )  # fmt: skip
     if method == "trained":
         if not args.head:
-            raise ValueError("--method trained needs --head FOLDER (the 'final' folder a latent training recipe wrote)")
+            raise InputError("--method trained needs --head FOLDER (the 'final' folder a latent training recipe wrote)")
         spec, _model = latent.load_policy(args.head)
-        return spec.with_steps(args.steps) if args.steps else spec
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        return spec if steps is None else spec.with_steps(steps)
+    raise InputError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
 def register(sub) -> None:
@@ -67,7 +89,7 @@ def register(sub) -> None:
     r.add_argument("prompt")
     _add_policy_args(r)
     r.add_argument("--max-new-tokens", type=int, default=64)
-    r.add_argument("--temperature", type=float, default=0.0)
+    r.add_argument("--temperature", type=finite_float, default=0.0)
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--raw", action="store_true", help="raw text, no chat template")
     r.add_argument("-k", type=int, default=5, help="tokens shown per readout")
@@ -105,6 +127,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     from .. import latent
 
+    check_policy_args(args, [args.method])
     bench = load_from_args(args)
     pol = make_policy(args, args.method, bench)
     tr = latent.run(bench, args.prompt, pol, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
@@ -131,20 +154,26 @@ def _run(args) -> int:
 
 
 def _eval(args) -> int:
+    from ..errors import InputError, check_int
     from ..latent.eval import evaluate, table
     from ..tasks import load_task
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise InputError(f"--methods {args.methods!r} names no method; valid: {', '.join(METHODS)}, cot, no-think")
+    for m in names:
+        if m not in METHODS and m not in ("cot", "no-think", "no_think"):
+            raise InputError(f"unknown method {m!r}; valid: {', '.join(METHODS)}, cot, no-think")
+    check_policy_args(args, [m for m in names if m in METHODS])
+    check_int(args.n, "-n", low=1)
+    problems = load_task(args.task, n=args.n, seed=args.seed)
     bench = load_from_args(args)
     methods = {}
     for m in names:
         if m in ("cot", "no-think", "no_think"):
             methods[m.replace("-", "_")] = m.replace("-", "_")
-        elif m in METHODS:
-            methods[m] = make_policy(args, m, bench)
         else:
-            raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHODS)}, cot, no-think")
-    problems = load_task(args.task, n=args.n, seed=args.seed)
+            methods[m] = make_policy(args, m, bench)
     _rows, summary = evaluate(bench, methods, problems, max_new_tokens=args.max_new_tokens, think_budget=args.think_budget, out_dir=args.out)
     print(table(summary))
     if args.out:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ._common import add_model_args, load_from_args, print_json
+from ..errors import InputError
+from ._common import add_model_args, finite_float, load_from_args, print_json
 
 
 def register(sub) -> None:
@@ -18,10 +19,10 @@ def register(sub) -> None:
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="prefix seeds (default: 0 1 2 3)")
     e.add_argument("--n-samples", type=int, default=None, help="sampled no-prefix runs (default: as many as seeds)")
     e.add_argument("--prefix-len", type=int, default=2, help="number of random vectors (default 2)")
-    e.add_argument("--scale", type=float, default=1.0, help="RMS as a multiple of the embedding RMS (default 1)")
+    e.add_argument("--scale", type=finite_float, default=1.0, help="RMS as a multiple of the embedding RMS (default 1)")
     e.add_argument("--placement", choices=["start", "after_bos"], default="start")
-    e.add_argument("--temperature", type=float, default=0.7, help="temperature of the sampled baseline")
-    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--temperature", type=finite_float, default=0.7, help="temperature of the sampled baseline")
+    e.add_argument("--top-p", type=finite_float, default=1.0)
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--raw", action="store_true", help="no chat template")
@@ -38,7 +39,7 @@ def _eval(args) -> int:
 
     RandomPrefix(n=args.prefix_len, seed=0, scale=args.scale, placement=args.placement)  # reject bad input before loading
     if args.n_problems < 1:
-        raise ValueError(f"--n-problems must be >= 1, got {args.n_problems}")
+        raise InputError(f"--n-problems must be >= 1, got {args.n_problems}")
     problems = load_task(args.task, n=args.n_problems, seed=args.task_seed)
     bench = load_from_args(args)
     res = evaluate_prefix(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ._common import add_model_args, load_from_args, print_json
+from ..errors import InputError
+from ._common import add_model_args, check_input_file, finite_float, load_from_args, print_json
 
 
 def register(sub) -> None:
@@ -12,12 +13,12 @@ def register(sub) -> None:
     add_model_args(p, positional=False)
     p.add_argument("prompt", nargs="*", help="prompt(s); or use --prompt-file")
     p.add_argument("--prompt-file", help="text file, one prompt per line")
-    p.add_argument("--eps", type=float, default=0.3, help="sink threshold on alpha_0, in (0, 1) (default 0.3)")
+    p.add_argument("--eps", type=finite_float, default=0.3, help="sink threshold on alpha_0, in (0, 1) (default 0.3)")
     p.add_argument("-k", type=int, default=4, help="leading key positions tracked (default 4)")
     p.add_argument("--chat", action="store_true", help="render each prompt as a user turn first")
     p.add_argument("--prefix-len", type=int, default=0, help="also run with this many random prefix vectors and compare")
     p.add_argument("--prefix-seed", type=int, default=0)
-    p.add_argument("--prefix-scale", type=float, default=1.0)
+    p.add_argument("--prefix-scale", type=finite_float, default=1.0)
     p.add_argument("--placement", choices=["start", "after_bos"], default="start")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--out", help="write the summary and per-layer/head alpha as JSON (atomic)")
@@ -28,10 +29,11 @@ def register(sub) -> None:
 def _prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file:
+        check_input_file(args.prompt_file, "--prompt-file", "text")
         with open(args.prompt_file, encoding="utf-8") as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
-        raise ValueError("give at least one prompt (positional) or --prompt-file")
+        raise InputError("give at least one prompt (positional) or --prompt-file")
     return prompts
 
 
@@ -43,7 +45,7 @@ def _sinks(args) -> int:
     check_eps(args.eps)
     prompts = _prompts(args)
     if args.prefix_len < 0:
-        raise ValueError(f"--prefix-len must be >= 0 (0 = no prefix comparison), got {args.prefix_len}")
+        raise InputError(f"--prefix-len must be >= 0 (0 = no prefix comparison), got {args.prefix_len}")
     prefix = RandomPrefix(args.prefix_len, args.prefix_seed, args.prefix_scale, args.placement) if args.prefix_len else None
     bench = load_from_args(args)
     comp = None

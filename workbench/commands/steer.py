@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-from ._common import add_model_args, load_from_args, print_json
+from ..errors import InputError
+
+from ._common import add_model_args, check_input_file, finite_float, load_from_args, print_json
 
 
 def register(sub) -> None:
@@ -18,7 +20,7 @@ def register(sub) -> None:
     add_model_args(e, positional=False)
     _pair_args(e)
     e.add_argument("--layer", type=int, action="append", help="layer(s) to extract (repeatable; default: every layer)")
-    e.add_argument("--scale", type=float, default=1.0, help="default multiplier stored in the vector")
+    e.add_argument("--scale", type=finite_float, default=1.0, help="default multiplier stored in the vector")
     e.add_argument("--out", required=True, help="output file: .safetensors (default format) or .gguf")
     e.set_defaults(func=_extract)
 
@@ -26,7 +28,7 @@ def register(sub) -> None:
     add_model_args(s, positional=False)
     _pair_args(s)
     s.add_argument("--layer", type=int, action="append", help="layer(s) to sweep (repeatable; default: every layer)")
-    s.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the pairs carry no split")
+    s.add_argument("--test-fraction", type=finite_float, default=0.25, help="held-out share when the pairs carry no split")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--plot", help="write the sweep figure as HTML here")
     s.add_argument("--save-best", help="write the best layer's vector (fit on the train pairs) here")
@@ -37,13 +39,13 @@ def register(sub) -> None:
     add_model_args(g, positional=False)
     g.add_argument("prompt")
     g.add_argument("--vector", action="append", required=True, help="steering vector file (.safetensors or .gguf; repeatable)")
-    g.add_argument("--scale", type=float, action="append", help="multiplier per --vector (default: the vector's own)")
+    g.add_argument("--scale", type=finite_float, action="append", help="multiplier per --vector (default: the vector's own)")
     g.add_argument("--layer", type=int, action="append", help="only these layers of the vector(s)")
     g.add_argument("--where", choices=("all", "prompt", "generated"), default="all", help="positions to steer")
     g.add_argument("--ablate", action="store_true", help="project the direction(s) out instead of adding them")
     g.add_argument("--compare", action="store_true", help="also print the unsteered generation")
     g.add_argument("--max-new-tokens", type=int, default=48)
-    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--temperature", type=finite_float, default=0.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--raw", action="store_true", help="raw text, no chat template")
     g.add_argument("--concept-words", help="comma-separated words whose log-probability shift to report")
@@ -52,7 +54,7 @@ def register(sub) -> None:
     x = ss.add_parser("export", help="convert a vector: safetensors -> GGUF (llama.cpp control vector) or back")
     x.add_argument("vector", help="input file (.safetensors from workbench, or a .gguf control vector)")
     x.add_argument("--out", required=True, help="output file (.gguf when the input is safetensors, else .safetensors)")
-    x.add_argument("--multiplier", type=float, default=None, help="bake this multiplier into a GGUF export")
+    x.add_argument("--multiplier", type=finite_float, default=None, help="bake this multiplier into a GGUF export")
     x.add_argument("--layer", type=int, action="append", help="export only these layers")
     x.add_argument("--model-hint", default=None, help="controlvector.model_hint (default: the model family)")
     x.set_defaults(func=_export)
@@ -76,15 +78,15 @@ def parse_position(text: str):
     if ":" in t:
         parts = t.split(":")
         if len(parts) > 3:
-            raise ValueError(f"position slice {text!r} has too many ':'; use start:stop[:step]")
+            raise InputError(f"position slice {text!r} has too many ':'; use start:stop[:step]")
         try:
             return slice(*(int(x) if x.strip() else None for x in parts))
         except ValueError:
-            raise ValueError(f"position slice {text!r} must hold integers, e.g. 2:5 or -4:") from None
+            raise InputError(f"position slice {text!r} must hold integers, e.g. 2:5 or -4:") from None
     try:
         return int(t)
     except ValueError:
-        raise ValueError(f"position must be an int, 'mean' or a slice a:b, got {text!r}") from None
+        raise InputError(f"position must be an int, 'mean' or a slice a:b, got {text!r}") from None
 
 
 def _pairs(args):
@@ -105,11 +107,14 @@ def _method(args):
 def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
     import os
 
+    from ..errors import MissingFileError, check_writable_target
+
     if not path.endswith(suffixes):
-        raise ValueError(f"output file {path!r} must end with one of {suffixes}")
+        raise InputError(f"output file {path!r} must end with one of {', '.join(suffixes)}")
+    check_writable_target(path, "output file")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise ValueError(f"output folder {parent!r} does not exist")
+        raise MissingFileError(f"output folder {parent!r} of {path!r} does not exist; create it first")
 
 
 def _write_vector(vec, path: str, **gguf_kwargs) -> None:
@@ -186,16 +191,18 @@ def _generate(args) -> int:
     from ..generate import generate_stream
     from ..steering.apply import as_edits, load_vector, steer_report
 
+    for path in args.vector:
+        check_input_file(path, "--vector", "steering vector (.safetensors or .gguf)")
     bench = load_from_args(args)
     vecs = [load_vector(path, bench) for path in args.vector]
     scales = args.scale or []
     if len(scales) not in (0, 1, len(vecs)):
-        raise ValueError(f"give one --scale, or one per --vector ({len(vecs)}); got {len(scales)}")
+        raise InputError(f"give one --scale, or one per --vector ({len(vecs)}); got {len(scales)}")
     specs = []
     for i, vec in enumerate(vecs):
         layers = [layer for layer in args.layer if layer in vec.directions] if args.layer else None
         if args.layer and not layers:
-            raise ValueError(f"{args.vector[i]}: none of --layer {args.layer} is in the vector (it has {vec.layers})")
+            raise InputError(f"{args.vector[i]}: none of --layer {args.layer} is in the vector (it has {vec.layers})")
         if args.ablate:
             specs.append(vec.ablate(scales[min(i, len(scales) - 1)] if scales else 1.0, args.where, layers))
         else:
@@ -227,6 +234,7 @@ def _stream(steps) -> None:
 def _export(args) -> int:
     from ..steering.apply import load_vector
 
+    check_input_file(args.vector, "vector", "steering vector (.safetensors or .gguf)")
     vec = load_vector(args.vector)
     to_gguf = not args.vector.endswith(".gguf") and not _is_gguf(args.vector)
     _check_out(args.out, (".gguf",) if to_gguf else (".safetensors",))
