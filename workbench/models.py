@@ -179,11 +179,13 @@ def check_device_map(device_map: Any) -> str | dict | None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, str, torch.device)):
             raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
-        if isinstance(v, int):
-            if v < 0:
-                raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
-            resolve_device(f"cuda:{v}")
-        elif v == "auto" or resolve_device(v).type == "meta":
+        if isinstance(v, int) and v < 0 or v == "auto":
+            raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
+        try:
+            dev = resolve_device(f"cuda:{v}" if isinstance(v, int) else v)
+        except InputError as e:
+            raise InputError(f"device_map[{k!r}]: {e}") from None
+        if dev.type == "meta":
             raise InputError(f"device_map[{k!r}] must be {_DEVICE_MAP_VALUES}, got {v!r}")
     return device_map
 
