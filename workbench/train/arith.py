@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..tasks import Problem, arithmetic_problems
 from .config import TrainConfig
 
@@ -36,9 +37,9 @@ _HELD_OUT_N = 512  # questions excluded from training per eval set (any eval n u
 
 def eval_problems(name: str, n: int) -> list[Problem]:
     if name not in EVAL_SETS:
-        raise ValueError(f"unknown eval set {name!r}; available: {', '.join(EVAL_SETS)}")
+        raise InputError(f"unknown eval set {name!r}; available: {', '.join(EVAL_SETS)}")
     if not 1 <= n <= _HELD_OUT_N:
-        raise ValueError(f"eval n must be in 1..{_HELD_OUT_N} (the held-out part), got {n}")
+        raise InputError(f"eval n must be in 1..{_HELD_OUT_N} (the held-out part), got {n}")
     steps, digits = EVAL_SETS[name]
     return arithmetic_problems(n, steps=steps, digits=digits, seed=EVAL_SEED)
 
@@ -55,7 +56,7 @@ def training_problems(n: int, min_steps: int = 1, max_steps: int = 4, digits: in
     """`n` problems with `min_steps..max_steps` reasoning steps, none of whose questions is
     in a held-out eval set (drawn from a different seed, duplicates skipped)."""
     if n < 1:
-        raise ValueError(f"need at least one training problem, got n={n}")
+        raise InputError(f"need at least one training problem, got n={n}")
     held = _held_out_questions()
     out: list[Problem] = []
     extra = 0
@@ -66,7 +67,7 @@ def training_problems(n: int, min_steps: int = 1, max_steps: int = 4, digits: in
         out = out[:n]
         extra += 64
         if extra > 64 * 100:  # pragma: no cover - the problem space is far larger
-            raise ValueError("could not draw enough training problems outside the held-out sets")
+            raise InputError("could not draw enough training problems outside the held-out sets")
     return out
 
 
@@ -84,11 +85,11 @@ class ArithData(TrainConfig):
     def validate(self) -> None:
         super().validate()
         if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
-            raise ValueError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
+            raise InputError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
         if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 1:
-            raise ValueError(f"n_train must be an integer >= 1, got {self.n_train!r}")
+            raise InputError(f"n_train must be an integer >= 1, got {self.n_train!r}")
         if self.digits not in (1, 2, 3):
-            raise ValueError(f"digits must be 1, 2 or 3, got {self.digits!r}")
+            raise InputError(f"digits must be 1, 2 or 3, got {self.digits!r}")
 
     def problems(self, seed: int) -> list[Problem]:
         return training_problems(self.n_train, self.min_reasoning_steps, self.max_reasoning_steps, self.digits, seed=seed)
@@ -197,7 +198,7 @@ class VocabView:
             if tied and bias is None and int(nz.sum()) < self.V:
                 self.ids = nz.nonzero()[:, 0]
             elif restrict is True:
-                raise ValueError("a restricted vocabulary needs tied embeddings, no output bias and some all-zero rows")
+                raise InputError("a restricted vocabulary needs tied embeddings, no output bias and some all-zero rows")
         if self.ids is not None:
             self.lookup = torch.full((self.V,), -1, dtype=torch.long)
             self.lookup[self.ids] = torch.arange(len(self.ids))
@@ -213,7 +214,7 @@ class VocabView:
         local = self.lookup[targets.cpu()]
         if bool((local < 0).any()):
             bad = targets.cpu()[local < 0][:5].tolist()
-            raise ValueError(f"target token(s) {bad} have all-zero unembedding rows; the restricted loss cannot score them")
+            raise InputError(f"target token(s) {bad} have all-zero unembedding rows; the restricted loss cannot score them")
         return restricted_ce(hidden, local.to(W.device), W[self.ids.to(W.device)], self.V - len(self.ids))
 
     def logprob(self, hidden: Tensor, token: int) -> Tensor:
@@ -223,7 +224,7 @@ class VocabView:
             return torch.log_softmax(hidden.float() @ W.float().t(), -1)[:, token]
         j = int(self.lookup[token])
         if j < 0:
-            raise ValueError(f"token {token} has an all-zero unembedding row")
+            raise InputError(f"token {token} has an all-zero unembedding row")
         logits = hidden.float() @ W[self.ids.to(W.device)].float().t()
         return logits[:, j] - _full_logsumexp(logits, self.V - len(self.ids))
 

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .._lazy import callable_module
 from ..arch import decoder_layers, text_config
 from ..edits import AddVector, Ablate, apply_edits
@@ -70,7 +71,7 @@ def residual_writers(hf: nn.Module) -> list[tuple[str, nn.Linear]]:
                 attn = (f"layers.{i}.{path}", mod)
         mlp = block.get_submodule("mlp.down_proj") if _has(block, "mlp.down_proj") else None
         if attn is None or not isinstance(mlp, nn.Linear):
-            raise ValueError(
+            raise InputError(
                 f"block {i} ({type(block).__name__}) has no attention output projection (self_attn.o_proj / "
                 "linear_attn.out_proj) or no mlp.down_proj; exact folds support Llama- and Qwen3.5-style blocks"
             )
@@ -89,9 +90,9 @@ def _has(module: nn.Module, path: str) -> bool:
 def _unit(direction: Tensor, d_model: int) -> Tensor:
     d = torch.as_tensor(direction).detach().double().flatten()
     if d.numel() != d_model:
-        raise ValueError(f"direction has size {d.numel()}, but this model's d_model is {d_model}")
+        raise InputError(f"direction has size {d.numel()}, but this model's d_model is {d_model}")
     if not torch.isfinite(d).all() or d.norm() == 0:
-        raise ValueError("direction must be a finite, non-zero vector")
+        raise InputError("direction must be a finite, non-zero vector")
     return d / d.norm()
 
 
@@ -133,25 +134,25 @@ def fold_offset(hf: nn.Module, layer: int, vector: Tensor, scale: float = 1.0) -
     cfg = text_config(hf.config)
     layers = decoder_layers(hf)
     if not 0 <= int(layer) < len(layers):
-        raise ValueError(f"layer {layer} is out of range; valid layers are 0..{len(layers) - 1}")
+        raise InputError(f"layer {layer} is out of range; valid layers are 0..{len(layers) - 1}")
     if not hasattr(cfg, "mlp_bias"):
-        raise ValueError(
+        raise InputError(
             f"{type(hf).__name__} ({cfg.model_type}) has no MLP bias that stock transformers would load; an additive "
             "steering vector cannot be folded exactly here. Bake it by distillation instead (workbench.train.bake)."
         )
     d_model = hf.get_input_embeddings().weight.shape[-1]
     v = torch.as_tensor(vector).detach().flatten()
     if v.numel() != d_model:
-        raise ValueError(f"vector has size {v.numel()}, but this model's d_model is {d_model}")
+        raise InputError(f"vector has size {v.numel()}, but this model's d_model is {d_model}")
     if not torch.isfinite(v).all() or not math.isfinite(float(scale)):
-        raise ValueError("vector and scale must be finite")
+        raise InputError("vector and scale must be finite")
     out = copy.deepcopy(hf)
     ocfg = text_config(out.config)
     for i, block in enumerate(decoder_layers(out)):
         for name in ("gate_proj", "up_proj", "down_proj"):
             lin = getattr(block.mlp, name, None)
             if not isinstance(lin, nn.Linear):
-                raise ValueError(f"block {i} has no mlp.{name}; fold_offset supports Llama-style MLPs")
+                raise InputError(f"block {i} has no mlp.{name}; fold_offset supports Llama-style MLPs")
             if lin.bias is None:
                 lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device), requires_grad=False)
     down = decoder_layers(out)[int(layer)].mlp.down_proj
@@ -217,11 +218,11 @@ class BakeConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         if self.mode not in ("distil", "fold"):
-            raise ValueError(f"mode must be 'distil' or 'fold', got {self.mode!r}")
+            raise InputError(f"mode must be 'distil' or 'fold', got {self.mode!r}")
         if self.hidden_weight < 0 or not math.isfinite(self.hidden_weight):
-            raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight!r}")
+            raise InputError(f"hidden_weight must be >= 0, got {self.hidden_weight!r}")
         if self.max_tokens < 2:
-            raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens!r}")
+            raise InputError(f"max_tokens must be >= 2, got {self.max_tokens!r}")
 
 
 def steering_edits(bench: Any, steer: Any, *, scale: float | None = None, layers: Sequence[int] | None = None, ablate: bool = False) -> list:
@@ -236,20 +237,29 @@ def steering_edits(bench: Any, steer: Any, *, scale: float | None = None, layers
         steer = steer.ablation_edits(layers=layers) if ablate else steer.edits(scale=scale, layers=layers)
     edits = as_edits(steer, bench)
     if not edits:
-        raise ValueError("the steering spec has no edits to bake")
+        raise InputError("the steering spec has no edits to bake")
     out = []
     for e in edits:
         if not isinstance(e, (AddVector, Ablate)):
-            raise ValueError(f"cannot bake a {type(e).__name__} edit; only AddVector and Ablate")
+            raise InputError(f"cannot bake a {type(e).__name__} edit; only AddVector and Ablate")
         out.append(e if e.where == "all" else type(e)(**{**{k: getattr(e, k) for k in e.__dataclass_fields__}, "where": "all"}))
     return out
 
 
-def default_corpus(probe_set: str) -> tuple[list[str], list[str], list[str]]:
-    """(train prompts, held-out prompts, held-out neutral prompts) from a probe set."""
+def load_probe_set(name: str):
+    """The probe set `name` (a registered name or a JSONL file); InputError naming the field
+    and the available sets when there is none (probes' own error is a plain ValueError)."""
     import probes
 
-    ps = probes.load_set(probe_set)
+    try:
+        return probes.load_set(name)
+    except (probes.ProbeSetError, FileNotFoundError) as e:
+        raise InputError(f"probe_set: {e}") from None
+
+
+def default_corpus(probe_set: str) -> tuple[list[str], list[str], list[str]]:
+    """(train prompts, held-out prompts, held-out neutral prompts) from a probe set."""
+    ps = load_probe_set(probe_set)
     train_p = [t for p in ps.train() for t in (p.positive, p.negative)]
     test_p = [t for p in ps.test() for t in (p.positive, p.negative)]
     neutral = list(ps.neutral_prompts)
@@ -406,7 +416,7 @@ def bake_report(
 
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("bake_report needs at least one held-out prompt")
+        raise InputError("bake_report needs at least one held-out prompt")
     orig = last_logits(original, tokenizer, prompts)
     steer = last_logits(original, tokenizer, prompts, edits)
     bk = last_logits(baked, tokenizer, prompts)
@@ -468,14 +478,12 @@ def bake(
             try:
                 corpus += [l.strip() for l in Path(cfg.corpus_file).read_text().splitlines() if l.strip()]
             except OSError as e:
-                raise ValueError(f"cannot read corpus_file {cfg.corpus_file!r}: {e}") from None
+                raise InputError(f"cannot read corpus_file {cfg.corpus_file!r}: {e}") from None
     heldout = list(d_held if heldout is None else heldout)
     neutral = list(d_neutral if neutral is None else neutral)
     concept = cfg.concept_words
     if concept is None:
-        import probes
-
-        concept = list(probes.load_set(cfg.probe_set).concept_words)
+        concept = list(load_probe_set(cfg.probe_set).concept_words)
     out = Path(cfg.out_dir)
     hf = bench.hf
     tr = None
@@ -484,7 +492,7 @@ def bake(
     else:
         rows = _tokenise(bench.tokenizer, list(corpus), cfg.max_tokens)
         if not rows:
-            raise ValueError("the bake corpus is empty (no prompt of at least 2 tokens); give prompts to train on")
+            raise InputError("the bake corpus is empty (no prompt of at least 2 tokens); give prompts to train on")
         student = prepare_trainable(copy.deepcopy(hf), cfg)
         loss_fn = distil_loss(hf, edits, bench.tokenizer.pad_token_id, cfg.hidden_weight)
         tr = train(student, rows, loss_fn, cfg, on_step=on_step, cancel=cancel, resume=resume)
@@ -503,11 +511,11 @@ def bake(
 
 def _fold(hf: nn.Module, edits: Sequence[Any]) -> nn.Module:
     if len(edits) != 1:
-        raise ValueError(f"an exact fold takes one edit (one layer); got {len(edits)}. Select one layer, or use mode='distil'")
+        raise InputError(f"an exact fold takes one edit (one layer); got {len(edits)}. Select one layer, or use mode='distil'")
     e = edits[0]
     if isinstance(e, Ablate):
         if e.strength != 1.0:
-            raise ValueError(f"an exact ablation fold needs strength 1.0, got {e.strength}")
+            raise InputError(f"an exact ablation fold needs strength 1.0, got {e.strength}")
         return fold_ablation(hf, e.direction)
     return fold_offset(hf, e.layer, e.vector, e.scale)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import FileFormatError, InputError
 from ..models import verify_manifest, write_manifest
 from ..paths import atomic_dir
 from .config import CONFIG_FILE, TrainConfig
@@ -142,28 +143,37 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"no checkpoint at {str(folder)!r} to resume from")
+        raise InputError(f"no checkpoint at {str(folder)!r} to resume from; run without resume (--resume) to start the run")
     sj = folder / STATE_JSON
     if not sj.is_file():
-        raise ValueError(f"{str(folder)!r} is not a workbench training checkpoint (no {STATE_JSON})")
+        raise FileFormatError(f"{str(folder)!r} is not a workbench training checkpoint (no {STATE_JSON})")
     try:
         state = json.loads(sj.read_text())
     except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"checkpoint {str(folder)!r} is corrupt: {STATE_JSON} is not valid JSON") from None
+        raise FileFormatError(f"checkpoint {str(folder)!r} is corrupt: {STATE_JSON} is not valid JSON") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{str(folder)!r} is not a workbench training checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        raise FileFormatError(f"{str(folder)!r} is not a workbench training checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
     if state.get("version") != VERSION:
-        raise ValueError(f"checkpoint {str(folder)!r} has format version {state.get('version')!r}; this workbench reads version {VERSION}")
+        raise FileFormatError(f"checkpoint {str(folder)!r} has format version {state.get('version')!r}; this workbench reads version {VERSION}")
     problem = verify_manifest(folder, full=True)
     if problem is not None:
-        raise ValueError(f"checkpoint {str(folder)!r} is corrupt ({problem}); delete it or restart without resume")
+        raise FileFormatError(f"checkpoint {str(folder)!r} is corrupt ({problem}); delete it or restart without resume")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(state.get("params"), list):
+        raise FileFormatError(f"checkpoint {str(folder)!r} is corrupt: {STATE_JSON} has no valid step / params")
     try:
         trainable = load_file(str(folder / TRAINABLE_FILE))
         tensors = load_file(str(folder / STATE_FILE))
         config = json.loads((folder / CONFIG_FILE).read_text())
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(folder)!r} is corrupt: {e}") from None
-    return Checkpoint(folder, int(state["step"]), trainable, tensors, state, config)
+    except (SafetensorError, ValueError) as e:
+        raise FileFormatError(f"checkpoint {str(folder)!r} is corrupt: {e}") from None
+    except OSError as e:
+        if e.errno is not None and not isinstance(e, FileNotFoundError):
+            raise  # the file system's refusal (permission, I/O), reported as it is
+        raise FileFormatError(f"checkpoint {str(folder)!r} is incomplete: {e}") from None
+    if not isinstance(config, dict):
+        raise FileFormatError(f"checkpoint {str(folder)!r} is corrupt: {CONFIG_FILE} is not a JSON object")
+    return Checkpoint(folder, step, trainable, tensors, state, config)
 
 
 def restore(ck: Checkpoint, named_params: Sequence[tuple[str, nn.Parameter]], opt: torch.optim.Optimizer) -> None:
@@ -175,16 +185,16 @@ def restore(ck: Checkpoint, named_params: Sequence[tuple[str, nn.Parameter]], op
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {str(ck.folder)!r} was written for a different model or trainable set: "
             f"{len(missing)} parameter(s) missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     wrong = [n for n in want if want[n] != have[n] or tuple(ck.trainable[n].shape) != tuple(want[n][0])]
     if wrong:
         n = wrong[0]
-        raise ValueError(f"checkpoint {str(ck.folder)!r} does not fit this model: {n} is {have[n]} there, {want[n]} here")
+        raise InputError(f"checkpoint {str(ck.folder)!r} does not fit this model: {n} is {have[n]} there, {want[n]} here")
     if [n for n, _ in named_params] != [n for n, _, _ in ck.state["params"]]:
-        raise ValueError(f"checkpoint {str(ck.folder)!r} lists the trainable parameters in another order; it was written by another recipe")
+        raise InputError(f"checkpoint {str(ck.folder)!r} lists the trainable parameters in another order; it was written by another recipe")
     # the optimizer first (it validates its own structure), on a scratch copy of the state
     backup_params = {n: p.detach().clone() for n, p in named_params}
     backup_opt = opt.state_dict()

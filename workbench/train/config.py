@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import FileFormatError, InputError, MissingFileError, check_float, check_int
 from ..paths import atomic_write_text
 
 CONFIG_FILE = "config.json"
@@ -78,38 +78,33 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list
         self.validate()
 
     def validate(self) -> None:
-        def pos_int(name: str, minimum: int = 1) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
-            pos_int(name)
-        pos_int("warmup_steps", 0)
-        pos_int("eval_every", 0)
-        pos_int("lora_rank", 0)
-        pos_int("apollo_rank")
-        pos_int("apollo_update_proj_gap")
-        for name in ("lr", "weight_decay", "eps", "min_lr_ratio", "lora_alpha", "apollo_scale", "lora_dropout"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        """Check every field: first its type, from the field's annotation (for this class
+        and every recipe's subclass: an int field refuses "abc", 1.5 and True, a float field
+        NaN and strings, a str field numbers, ...), then the ranges. Each refusal is an
+        InputError naming the field, the bad value and what is valid."""
+        check_field_types(self)
+        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "apollo_rank", "apollo_update_proj_gap"):
+            check_int(getattr(self, name), name, low=1)
+        for name in ("warmup_steps", "eval_every", "lora_rank"):
+            check_int(getattr(self, name), name, low=0)
+        for name in ("weight_decay", "eps", "min_lr_ratio", "lora_alpha", "apollo_scale", "lora_dropout"):
+            check_float(getattr(self, name), name, low=0.0)
+        check_float(self.lr, "lr", low=0.0, low_open=True)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.max_grad_norm is not None and not (self.max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.max_grad_norm is not None:
+            check_float(self.max_grad_norm, "max_grad_norm", low=0.0, low_open=True)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise InputError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.lora_rank > 0 and not self.lora_targets:
-            raise ValueError("lora_targets is empty; name the Linear modules to adapt (e.g. ['q_proj', 'v_proj'])")
+            raise InputError("lora_targets is empty; name the Linear modules to adapt (e.g. ['q_proj', 'v_proj'])")
 
     # ------------------------------------------------------------------ JSON
 
@@ -126,9 +121,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
-        """Build from a dict; unknown keys warn and are ignored (tolerant loading)."""
+        """Build from a dict; unknown keys warn and are ignored (tolerant loading). A bad
+        value is an InputError naming `source` and the field."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source} must be a JSON object, got {type(data).__name__}")
+            raise InputError(f"{source} must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k != "config_class"}
         unknown = sorted(set(data) - names)
@@ -137,7 +133,9 @@ class TrainConfig:
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
         except TypeError as e:
-            raise ValueError(f"{source}: {e}") from None
+            raise InputError(f"{source}: {e}") from None
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
@@ -147,10 +145,12 @@ class TrainConfig:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ValueError(f"config file {str(path)!r} does not exist") from None
+            raise MissingFileError(f"config file {str(path)!r} does not exist") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"config file {str(path)!r} is not valid JSON: {e}") from None
-        return cls.from_dict(data, source=str(path))
+            raise FileFormatError(f"config file {str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise FileFormatError(f"config file {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=f"config file {str(path)!r}")
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -161,13 +161,60 @@ class TrainConfig:
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)}
 
 
+def _type_error(name: str, value: Any, what: str) -> InputError:
+    return InputError(f"{name} must be {what}, got {value!r}")
+
+
+def check_field_types(cfg: Any) -> None:
+    """Check (and normalise: 2.0 -> 2 for an int, a JSON list -> tuple for betas) every
+    field of the dataclass `cfg` against its annotation: int, float, str, bool, their
+    `| None` forms, list[str], list[int] and tuple[float, float]. Other annotations are
+    left to the class's own validate()."""
+    for f in dataclasses.fields(cfg):
+        ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        parts = [p.strip() for p in ann.split("|")]
+        optional = "None" in parts
+        parts = [p for p in parts if p != "None"]
+        if len(parts) != 1:
+            continue
+        kind, name, v = parts[0], f.name, getattr(cfg, f.name)
+        if v is None:
+            if optional:
+                continue
+            if kind in ("int", "float", "str", "bool", "list[str]", "list[int]", "tuple[float, float]"):
+                raise _type_error(name, v, {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(kind, f"a {kind}"))
+            continue
+        if kind == "int":
+            setattr(cfg, name, check_int(v, name))
+        elif kind == "float":
+            setattr(cfg, name, check_float(v, name))
+        elif kind == "str":
+            if not isinstance(v, str):
+                raise _type_error(name, v, "a string")
+        elif kind == "bool":
+            if not isinstance(v, bool):
+                raise _type_error(name, v, "true or false")
+        elif kind == "list[str]":
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                raise _type_error(name, v, "a list of strings")
+            setattr(cfg, name, list(v))
+        elif kind == "list[int]":
+            if not isinstance(v, (list, tuple)):
+                raise _type_error(name, v, "a list of integers")
+            setattr(cfg, name, [check_int(x, f"{name}[{i}]") for i, x in enumerate(v)])
+        elif kind == "tuple[float, float]":
+            if not isinstance(v, (list, tuple)) or len(v) != 2:
+                raise _type_error(name, v, "two numbers")
+            setattr(cfg, name, tuple(check_float(x, f"{name}[{i}]") for i, x in enumerate(v)))
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """`["lr=1e-4", "lora_targets=[\\"q_proj\\"]"]` -> dict; values parsed as JSON, else kept as strings."""
     out: dict[str, Any] = {}
     for item in pairs or ():
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} must look like KEY=VALUE (value as JSON, e.g. lr=1e-4)")
+            raise InputError(f"override {item!r} must look like KEY=VALUE (value as JSON, e.g. lr=1e-4)")
         try:
             out[key.strip()] = json.loads(raw)
         except ValueError:
@@ -175,4 +222,4 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["TrainConfig", "CONFIG_FILE", "OPTIMIZERS", "SCHEDULES", "RESUME_MAY_CHANGE", "parse_overrides"]
+__all__ = ["TrainConfig", "CONFIG_FILE", "OPTIMIZERS", "SCHEDULES", "RESUME_MAY_CHANGE", "parse_overrides", "check_field_types"]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..paths import atomic_dir, atomic_write_text
 from ..inputs import pad_left
 from .arith import EVAL_SETS, ArithData, Encoded, VocabView, encode_problems, eval_problems, pad_right
@@ -65,7 +66,7 @@ class LatentRecipeConfig(ArithData):
     def validate(self) -> None:
         super().validate()
         if self.eval_n < 0:
-            raise ValueError(f"eval_n must be >= 0, got {self.eval_n}")
+            raise InputError(f"eval_n must be >= 0, got {self.eval_n}")
 
 
 @dataclass
@@ -87,9 +88,9 @@ class CoconutConfig(LatentRecipeConfig):
     def validate(self) -> None:
         super().validate()
         if self.thoughts_per_step < 1:
-            raise ValueError(f"thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
+            raise InputError(f"thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
         if self.max_stage < 0:
-            raise ValueError(f"max_stage must be >= 0 (0: max_reasoning_steps), got {self.max_stage}")
+            raise InputError(f"max_stage must be >= 0 (0: max_reasoning_steps), got {self.max_stage}")
 
     @property
     def stages(self) -> int:
@@ -114,7 +115,7 @@ class ProjectionConfig(LatentRecipeConfig):
     def validate(self) -> None:
         super().validate()
         if self.latent_steps < 1:
-            raise ValueError(f"latent_steps must be >= 1, got {self.latent_steps}")
+            raise InputError(f"latent_steps must be >= 1, got {self.latent_steps}")
 
 
 @dataclass
@@ -140,11 +141,11 @@ class LatentHeadConfig(LatentRecipeConfig):
     def validate(self) -> None:
         super().validate()
         if self.train_modules or self.lora_rank:
-            raise ValueError("the latent head trains on a frozen base: train_modules must be [] and lora_rank 0")
+            raise InputError("the latent head trains on a frozen base: train_modules must be [] and lora_rank 0")
         if self.thoughts_per_step < 1 or self.chunk_size < 1:
-            raise ValueError(f"thoughts_per_step and chunk_size must be >= 1, got {self.thoughts_per_step}, {self.chunk_size}")
+            raise InputError(f"thoughts_per_step and chunk_size must be >= 1, got {self.thoughts_per_step}, {self.chunk_size}")
         if self.max_internal_tokens < self.chunk_size:
-            raise ValueError(f"max_internal_tokens ({self.max_internal_tokens}) must be >= chunk_size ({self.chunk_size})")
+            raise InputError(f"max_internal_tokens ({self.max_internal_tokens}) must be >= chunk_size ({self.chunk_size})")
 
 
 @dataclass
@@ -166,9 +167,9 @@ class PauseConfig(LatentRecipeConfig):
     def validate(self) -> None:
         super().validate()
         if self.n_pause < 1 or self.prefix_tokens < 1:
-            raise ValueError(f"n_pause and prefix_tokens must be >= 1, got {self.n_pause}, {self.prefix_tokens}")
+            raise InputError(f"n_pause and prefix_tokens must be >= 1, got {self.n_pause}, {self.prefix_tokens}")
         if self.targets not in ("gold", "self"):
-            raise ValueError(f"targets must be 'gold' or 'self', got {self.targets!r}")
+            raise InputError(f"targets must be 'gold' or 'self', got {self.targets!r}")
 
 
 # --------------------------------------------------------------------------- the pieces
@@ -298,7 +299,7 @@ def answer_index(e: Encoded, tokenizer: Any) -> int:
         s = tokenizer.decode([t]).strip()
         if s and (s[0].isdigit() or s[0] == "-"):
             return i
-    raise ValueError(f"no answer digits in the suffix of problem {e.problem.id}")
+    raise InputError(f"no answer digits in the suffix of problem {e.problem.id}")
 
 
 # --------------------------------------------------------------------------- shared setup
@@ -325,7 +326,7 @@ def setup(cfg: LatentRecipeConfig, bench: Any = None) -> Setup:
     problems = cfg.problems(seed=2000 + cfg.seed)
     data = encode_problems(bench.tokenizer, problems)
     if not data:
-        raise ValueError("the training corpus is empty")
+        raise InputError("the training corpus is empty")
     return Setup(bench, cfg, data, VocabView(bench.hf), close_id(bench.tokenizer))
 
 
@@ -541,7 +542,7 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
 
     s = setup(cfg, bench)
     if s.close is None:
-        raise ValueError(f"the latent head ends thinking by self-exit on {CLOSE!r}, which the tokenizer of {cfg.model!r} lacks; use a thinking model (e.g. qwen3.5-micro)")
+        raise InputError(f"the latent head ends thinking by self-exit on {CLOSE!r}, which the tokenizer of {cfg.model!r} lacks; use a thinking model (e.g. qwen3.5-micro)")
     hf = s.bench.hf
     for p in hf.parameters():
         p.requires_grad_(False)

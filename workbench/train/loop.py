@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError, OutputNotWritableError, WorkbenchError, check_writable_target
 from ..paths import atomic_write_text
 from .checkpoint import CKPT_DIR, read_checkpoint, restore, save_checkpoint, seed_everything
 from .config import TrainConfig
@@ -40,8 +41,9 @@ from .optim import lr_at, make_optimizer, set_lr
 METRICS_FILE = "metrics.jsonl"
 
 
-class TrainingDiverged(ValueError):
-    """The loss (or gradient) became NaN/inf; the run stopped before applying that step."""
+class TrainingDiverged(WorkbenchError, ValueError):
+    """The loss (or gradient) became NaN/inf; the run stopped before applying that step
+    (a WorkbenchError: the command line reports it in one line)."""
 
     def __init__(self, message: str, step: int, last_checkpoint: Path | None):
         super().__init__(message)
@@ -75,10 +77,15 @@ class TrainResult:
     metrics_path: Path
     history: list[dict[str, Any]]
     resumed_from: int | None = None
+    logged_loss: float | None = None  # the last loss in the metrics log before this process ran
 
     @property
     def final_loss(self) -> float | None:
-        return self.history[-1]["loss"] if self.history else None
+        """The loss of the last step taken: from this process's rows, or, for a run resumed
+        after it had finished (no step left to take), from the metrics log."""
+        if self.history:
+            return self.history[-1]["loss"]
+        return self.logged_loss
 
 
 # --------------------------------------------------------------------------- trainable set
@@ -101,7 +108,7 @@ def prepare_trainable(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         unmatched = [t for t in cfg.lora_targets if not any(n == t or n.endswith("." + t) for n in linears)]
         if unmatched:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise ValueError(f"LoRA target(s) {unmatched} match no Linear module of this model; its Linear modules end in: {', '.join(suffixes)}")
+            raise InputError(f"LoRA target(s) {unmatched} match no Linear module of this model; its Linear modules end in: {', '.join(suffixes)}")
         from peft import LoraConfig, get_peft_model
 
         for p in model.parameters():
@@ -110,14 +117,14 @@ def prepare_trainable(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets), bias="none")
         return get_peft_model(model, lcfg)
     if not cfg.train_modules:
-        raise ValueError("nothing to train: set lora_rank > 0 (LoRA) or train_modules (regular expressions over parameter names)")
+        raise InputError("nothing to train: set lora_rank > 0 (LoRA) or train_modules (regular expressions over parameter names)")
     try:
         pats = [re.compile(p) for p in cfg.train_modules]
     except re.error as e:
-        raise ValueError(f"train_modules has an invalid regular expression: {e}") from None
+        raise InputError(f"train_modules has an invalid regular expression: {e}") from None
     unmatched = [p.pattern for p in pats if not any(p.search(n) for n in names)]
     if unmatched:
-        raise ValueError(f"train_modules pattern(s) {unmatched} match no parameter; parameter names look like {names[:3]} ... {names[-2:]}")
+        raise InputError(f"train_modules pattern(s) {unmatched} match no parameter; parameter names look like {names[:3]} ... {names[-2:]}")
     for n, p in model.named_parameters():
         p.requires_grad_(any(pat.search(n) for pat in pats))
     return model
@@ -203,13 +210,18 @@ def train(
     extra_state(): a JSON-able dict stored in each checkpoint (recipe bookkeeping).
     """
     if len(data) == 0:
-        raise ValueError("the training corpus is empty; give at least one example")
+        raise InputError("the training corpus is empty; give at least one example")
+    if not cfg.out_dir:
+        raise InputError("out_dir is empty; give the folder for checkpoints and metrics")
+    check_writable_target(cfg.out_dir, "out_dir")
+    if Path(cfg.out_dir).is_file():
+        raise OutputNotWritableError(f"out_dir {cfg.out_dir!r} is a file; training writes a folder there")
     out = Path(cfg.out_dir)
     ckpt = out / CKPT_DIR
     metrics_path = out / METRICS_FILE
     named = trainable_parameters(model)
     if not named:
-        raise ValueError("the model has no trainable parameters (prepare_trainable marks them)")
+        raise InputError("the model has no trainable parameters (prepare_trainable marks them)")
     opt = make_optimizer(named, cfg)
     fingerprint = base_fingerprint(model)
     start = 0
@@ -219,16 +231,16 @@ def train(
         try:
             old = type(cfg).from_dict(ck.config, source=str(ckpt / "config.json"))
         except ValueError as e:
-            raise ValueError(f"checkpoint {str(ckpt)!r} has an unreadable config: {e}") from None
+            raise InputError(f"checkpoint {str(ckpt)!r} has an unreadable config: {e}") from None
         diff = cfg.math_differences(old)
         if diff:
             shown = ", ".join(f"{k}: {a!r} here vs {b!r} in the checkpoint" for k, (a, b) in list(diff.items())[:4])
-            raise ValueError(f"cannot resume {str(ckpt)!r} with different settings ({shown}); only {sorted({'steps', 'ckpt_every', 'log_every', 'eval_every'})} may change")
+            raise InputError(f"cannot resume {str(ckpt)!r} with different settings ({shown}); only {sorted({'steps', 'ckpt_every', 'log_every', 'eval_every'})} may change")
         if ck.step > cfg.steps:
-            raise ValueError(f"checkpoint {str(ckpt)!r} is at step {ck.step}, beyond steps={cfg.steps}")
+            raise InputError(f"checkpoint {str(ckpt)!r} is at step {ck.step}, beyond steps={cfg.steps}")
         theirs = ck.state.get("base_fingerprint")
         if theirs is not None and not _close(theirs, fingerprint):
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {str(ckpt)!r} was trained on top of different frozen weights (fingerprint {theirs} there, "
                 f"{fingerprint} here); resume needs the same base model"
             )
@@ -236,12 +248,15 @@ def train(
         start = resumed_from = ck.step
     else:
         if ckpt.exists():
-            raise ValueError(f"{str(out)!r} already holds a checkpoint; pass resume=True (--resume) to continue it, or choose another out_dir")
+            raise InputError(f"{str(out)!r} already holds a checkpoint; pass resume=True (--resume) to continue it, or choose another out_dir")
         seed_everything(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out)
+    logged_loss = None
     if resume:
         _truncate_metrics(metrics_path, start)
+        losses = [r["loss"] for r in _read_metrics(metrics_path) if isinstance(r, dict) and isinstance(r.get("loss"), (int, float))]
+        logged_loss = losses[-1] if losses else None
     elif metrics_path.exists():
         atomic_write_text(metrics_path, "")
 
@@ -315,7 +330,7 @@ def train(
         if bar is not None:
             bar.close()
         model.train(was_training)
-    return TrainResult(status, step, out, last_ckpt, metrics_path, history, resumed_from)
+    return TrainResult(status, step, out, last_ckpt, metrics_path, history, resumed_from, logged_loss)
 
 
 def base_fingerprint(model: nn.Module) -> list[float]:

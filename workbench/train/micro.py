@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..inputs import pad_left
 from ..paths import atomic_write_text, workbench_cache_dir
 from .arith import EVAL_SETS, ArithData, Encoded, encode_problems, eval_problems, pad_right, restricted_ce
@@ -78,14 +79,14 @@ class MicroConfig(ArithData):
     def validate(self) -> None:
         super().validate()
         if self.lora_rank:
-            raise ValueError("the micro model is trained from scratch: lora_rank must be 0")
+            raise InputError("the micro model is trained from scratch: lora_rank must be 0")
         bad = [t for t in self.layer_types if t not in ("linear_attention", "full_attention")]
         if bad or not self.layer_types:
-            raise ValueError(f"layer_types must be a non-empty list of 'linear_attention' / 'full_attention', got {self.layer_types!r}")
+            raise InputError(f"layer_types must be a non-empty list of 'linear_attention' / 'full_attention', got {self.layer_types!r}")
         if self.hidden_size % self.num_heads or self.hidden_size < 8:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+            raise InputError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.direct_fraction <= 1.0:
-            raise ValueError(f"direct_fraction must be in [0, 1], got {self.direct_fraction}")
+            raise InputError(f"direct_fraction must be in [0, 1], got {self.direct_fraction}")
 
 
 def shape_kwargs(cfg: MicroConfig) -> dict[str, Any]:

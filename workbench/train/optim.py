@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import FileFormatError, InputError
 from .config import TrainConfig
 
 _NO_PROJECTION = ("embed", "lm_head", "wte", "wpe")
@@ -31,7 +32,7 @@ def make_optimizer(named_params: Sequence[tuple[str, nn.Parameter]], cfg: TrainC
     of the checkpoint)."""
     named_params = list(named_params)
     if not named_params:
-        raise ValueError("no trainable parameters: nothing to optimise")
+        raise InputError("no trainable parameters: nothing to optimise")
     if cfg.optimizer == "adamw":
         # foreach=False: the per-tensor loop gives the same numbers on every run and after a
         # resume (the foreach kernels do too on CPU, but this keeps the reference simple).
@@ -42,7 +43,7 @@ def make_optimizer(named_params: Sequence[tuple[str, nn.Parameter]], cfg: TrainC
         try:
             from apollo_torch import APOLLOAdamW
         except ImportError:  # pragma: no cover - a declared dependency
-            raise ValueError("optimizer 'apollo-mini' needs the PyPI package apollo-torch (pip install apollo-torch)") from None
+            raise InputError("optimizer 'apollo-mini' needs the PyPI package apollo-torch (pip install apollo-torch)") from None
         low = [p for n, p in named_params if _apollo_eligible(n, p)]
         rest = [p for n, p in named_params if not _apollo_eligible(n, p)]
         groups: list[dict[str, Any]] = []
@@ -61,7 +62,7 @@ def make_optimizer(named_params: Sequence[tuple[str, nn.Parameter]], cfg: TrainC
         if rest:
             groups.append({"params": rest})
         return APOLLOAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, apollo-mini")
+    raise InputError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, apollo-mini")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -119,7 +120,7 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict
                     info["ortho_matrix"] = key + ".ortho_matrix"
                 entry[k] = {"projector": info}
             else:
-                raise ValueError(f"cannot serialise optimizer state {k!r} of type {type(v).__name__}")
+                raise InputError(f"cannot serialise optimizer state {k!r} of type {type(v).__name__}")
         state_meta[str(idx)] = entry
     groups = []
     for g in sd["param_groups"]:
@@ -130,7 +131,7 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict
 def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Inverse of `optimizer_state`; raises ValueError when the state does not fit `opt`."""
     if meta.get("class") != type(opt).__name__:
-        raise ValueError(f"the checkpoint's optimizer is {meta.get('class')!r}, this run uses {type(opt).__name__!r}")
+        raise InputError(f"the checkpoint's optimizer is {meta.get('class')!r}, this run uses {type(opt).__name__!r}")
     proj_cls = _projector_cls()
     state: dict[int, dict[str, Any]] = {}
     try:
@@ -149,7 +150,7 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor],
                         proj.ortho_matrix = tensors[info["ortho_matrix"]]
                     st[k] = proj
                 else:
-                    raise ValueError(f"unreadable optimizer state entry {k!r}")
+                    raise FileFormatError(f"unreadable optimizer state entry {k!r}")
             state[int(idx)] = st
         groups = []
         for g in meta["param_groups"]:
@@ -158,10 +159,12 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor],
                 g["betas"] = tuple(g["betas"])
             groups.append(g)
         opt.load_state_dict({"state": state, "param_groups": groups})
+    except FileFormatError:
+        raise
     except (KeyError, TypeError) as e:
-        raise ValueError(f"optimizer state in the checkpoint is incomplete or malformed ({type(e).__name__}: {e})") from None
+        raise FileFormatError(f"optimizer state in the checkpoint is incomplete or malformed ({type(e).__name__}: {e})") from None
     except ValueError as e:
-        raise ValueError(f"optimizer state in the checkpoint does not fit this run: {e}") from None
+        raise InputError(f"optimizer state in the checkpoint does not fit this run: {e}") from None
     # APOLLO keeps plain Python objects in state; move projection matrices to the param's device
     for group in opt.param_groups:
         for p in group["params"]:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import InputError
 from .config import TrainConfig, parse_overrides
 
 
@@ -34,11 +35,24 @@ def _bake_config():
 
 
 def _run_bake(cfg, resume: bool) -> dict:
+    import os
+
+    from ..errors import FileFormatError, MissingFileError
     from ..models import load
     from .bake import bake
 
     if not cfg.vector:
-        raise ValueError("recipe bake needs a steering vector file: --set vector='\"path/to/vector.safetensors\"' (or in --config)")
+        raise InputError("recipe bake needs a steering vector file: --set vector='\"path/to/vector.safetensors\"' (or in --config)")
+    # what can be refused before the model is loaded
+    if not os.path.exists(cfg.vector):
+        raise MissingFileError(f"vector {cfg.vector!r} does not exist; give a steering vector file (.safetensors or .gguf)")
+    if os.path.isdir(cfg.vector):
+        raise FileFormatError(f"vector {cfg.vector!r} is a folder, not a steering vector file (.safetensors or .gguf)")
+    from .bake import load_probe_set
+
+    load_probe_set(cfg.probe_set)
+    if cfg.corpus_file and not os.path.isfile(cfg.corpus_file):
+        raise MissingFileError(f"corpus_file {cfg.corpus_file!r} is not a file; give a text file of prompts, one per line")
     bench = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     res = bake(bench, cfg.vector, cfg, resume=resume)
     if res.report is None:
@@ -99,10 +113,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
 
+def get_recipe(name: Any) -> Recipe:
+    """The recipe called `name`; InputError naming the valid ones otherwise."""
+    if not isinstance(name, str) or name not in RECIPES:
+        raise InputError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    recipe = RECIPES[args.recipe]
+    recipe = get_recipe(args.recipe)
     if recipe.run is None:
-        raise ValueError(f"recipe {args.recipe!r} is not implemented yet (available now: {', '.join(n for n, r in RECIPES.items() if r.run)})")
+        raise InputError(f"recipe {args.recipe!r} is not implemented yet (available now: {', '.join(n for n, r in RECIPES.items() if r.run)})")
     cls = recipe.config_class()
     data: dict[str, Any] = {}
     if args.config:
@@ -115,11 +136,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import check_writable_target
+
     cfg = resolve_config(args)
     if args.print_config:
         print(cfg.to_json(), end="")
         return 0
-    result = RECIPES[args.recipe].run(cfg, bool(args.resume))
+    if cfg.out_dir:  # refused before a model is loaded (micro's "" is the machine cache)
+        check_writable_target(cfg.out_dir, "out_dir")
+    result = get_recipe(args.recipe).run(cfg, bool(args.resume))
     print(json.dumps(result, indent=1, default=str))
     return 0
 
@@ -132,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"workbench.train {args.recipe}: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a defect is re-raised with its traceback
+        from ..cli import user_error
+
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"workbench.train {args.recipe}: error: {msg}", file=sys.stderr)
         return 2
 
 
-__all__ = ["Recipe", "RECIPES", "add_arguments", "resolve_config", "run", "main"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "add_arguments", "resolve_config", "run", "main"]
