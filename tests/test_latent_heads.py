@@ -116,12 +116,16 @@ def test_hub_forms_offline_give_clear_error(ref, monkeypatch):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ValueError, match="could not fetch .* from the hub repo 'someone/latent-head'.*offline"):
+    from workbench.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="could not fetch .* from the hub repo 'someone/latent-head'.*offline"):
         latent.LatentHead.load(ref)
 
 
 def test_missing_local_file(tmp_path):
-    with pytest.raises(ValueError, match="not found"):
+    from workbench.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="not found"):
         latent.LatentHead.load(str(tmp_path / "nope" / "latent_head.safetensors"))
-    with pytest.raises(ValueError, match="has no latent_head.safetensors"):
+    with pytest.raises(MissingFileError, match="has no latent_head.safetensors"):
         latent.LatentHead.load(str(tmp_path))

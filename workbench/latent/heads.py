@@ -11,7 +11,9 @@
   embedding is shared with the base model. `adapter_config.json` beside it holds options.
 
 Sources: a local file or folder, or the hub forms `owner/repo`, `owner/repo:file`,
-`hf://owner/repo/file` (fetched through huggingface_hub; offline this is a clear error).
+`hf://owner/repo/file` (the local hub cache first; then fetched through huggingface_hub,
+unless HF_HUB_OFFLINE is set or the hub cannot be reached, which is a clear error at once
+instead of after huggingface_hub's retries).
 Every mismatch against the base model is listed at once, before any generation starts.
 """
 
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from ..arch import decoder_layers, final_norm, text_config
 from ..compat import with_cache
+from ..errors import FileFormatError, InputError, MissingFileError
 from ..paths import read_json_object
 
 PROJECTION_FILE = "projection_head.pt"
@@ -43,8 +46,13 @@ def resolve_source(source: str | Path, default_file: str) -> Path:
     """A local file/folder or a hub reference -> a local file path.
 
     Folder: `<folder>/<default_file>` (or the `.safetensors` / `.pt` sibling). Hub:
-    `owner/repo` (default_file in it), `owner/repo:file`, `hf://owner/repo/file`."""
+    `owner/repo` (default_file in it), `owner/repo:file`, `hf://owner/repo/file`.
+    Refusals: MissingFileError (no such file, a folder without the head file, a hub file
+    that cannot be fetched or is not cached while offline), InputError (a malformed hub
+    reference)."""
     s = str(source)
+    if not s.strip():
+        raise InputError("no head file given; give a local .safetensors / .pt file or folder, or a hub reference")
     path = Path(s).expanduser()
     if path.exists():
         if path.is_dir():
@@ -52,64 +60,140 @@ def resolve_source(source: str | Path, default_file: str) -> Path:
             for cand in (default_file, f"{stem}.safetensors", f"{stem}.pt"):
                 if (path / cand).is_file():
                     return path / cand
-            raise ValueError(f"folder {s!r} has no {default_file} (nor {stem}.safetensors / {stem}.pt)")
+            raise MissingFileError(f"folder {s!r} has no {default_file} (nor {stem}.safetensors / {stem}.pt)")
         return path
     if s.startswith("hf://"):
         parts = s[len("hf://") :].split("/", 2)
         if len(parts) < 2 or not all(parts[:2]):
-            raise ValueError(f"hub reference {s!r} must look like hf://owner/repo or hf://owner/repo/file")
+            raise InputError(f"hub reference {s!r} must look like hf://owner/repo or hf://owner/repo/file")
         repo, fname = "/".join(parts[:2]), (parts[2] if len(parts) == 3 and parts[2] else default_file)
         return _hub_file(s, repo, fname)
     if _HUB_RE.match(s) and (":" in s or not s.endswith((".pt", ".safetensors", ".bin", ".json"))):
         repo, _, fname = s.partition(":")
         return _hub_file(s, repo, fname or default_file)
-    raise ValueError(
+    raise MissingFileError(
         f"head file {s!r} not found; give a local .safetensors / .pt file or folder, or a hub reference "
         "(owner/repo, owner/repo:file, hf://owner/repo/file)"
     )
 
 
+def _hub_offline() -> str | None:
+    """Why the hub cannot be reached right now without trying (None: it may be reachable).
+
+    HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set, or the hub's host does not resolve / accept a
+    connection within a few seconds (unless a proxy is configured, which is then trusted).
+    Without this check huggingface_hub retries a failed connection five times (~24 s)."""
+    import os
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"offline mode ({var}={os.environ[var]} is set)"
+    try:
+        from huggingface_hub import constants
+
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            return "offline mode (huggingface_hub's HF_HUB_OFFLINE is on)"
+        endpoint = getattr(constants, "ENDPOINT", "https://huggingface.co")
+    except Exception:  # no huggingface_hub: the download below reports it
+        return None
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(endpoint)
+    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return None
+    except OSError as e:
+        return f"this machine is offline: the hub ({host}) cannot be reached ({e})"
+
+
 def _hub_file(ref: str, repo: str, fname: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
-
+    except ImportError as e:
+        raise MissingFileError(f"hub reference {ref!r} needs huggingface_hub, which is not installed; pass a local path") from e
+    try:  # the local cache first: no network at all
+        return Path(hf_hub_download(repo, fname, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or a bad repo id): try the hub below
+        pass
+    why = _hub_offline()
+    if why is not None:
+        raise MissingFileError(
+            f"could not fetch {fname!r} from the hub repo {repo!r} (reference {ref!r}): {why}, and the file is not in "
+            "the local hub cache. Download the file on a machine with network access and pass its local path."
+        )
+    try:
         return Path(hf_hub_download(repo, fname))
-    except Exception as e:  # offline, missing repo/file, no huggingface_hub: all one message
+    except Exception as e:  # missing repo/file, network errors: all one message
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ValueError(
+        raise MissingFileError(
             f"could not fetch {fname!r} from the hub repo {repo!r} (reference {ref!r}): {type(e).__name__}: {first}. "
             "If this machine is offline, download the file elsewhere and pass its local path."
         ) from e
 
 
 def read_tensors(path: Path) -> dict[str, Tensor]:
-    """Tensors of a `.safetensors` file or a legacy `.pt` state dict (weights_only)."""
+    """Tensors of a `.safetensors` file or a legacy `.pt` state dict (weights_only: never a
+    full unpickle). A truncated, corrupt or foreign file is a FileFormatError naming it."""
+    from .._fileformat import check_file, safetensors_header
+
+    path = Path(check_file(path, "head"))
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        safetensors_header(str(path), "head")  # empty / truncated / pickle / GGUF: said so, by name
         try:
             return dict(load_file(str(path)))
         except Exception as e:
-            raise ValueError(f"{path.name} is not a readable safetensors file: {e}") from e
+            raise FileFormatError(f"{path}: the safetensors head file is corrupt ({type(e).__name__}: {e})") from e
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(
-            f"{path.name} could not be read as a weights-only torch state dict ({type(e).__name__}: "
+        raise FileFormatError(
+            f"{path} could not be read as a weights-only torch state dict ({type(e).__name__}: "
             f"{(str(e).splitlines() or [''])[0]}); full unpickling is never done"
         ) from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path.name} does not hold a state dict of tensors")
+        raise FileFormatError(f"{path} does not hold a state dict of tensors (a dict of name -> tensor)")
     return dict(obj)
 
 
 def read_adapter_config(weights: Path) -> dict:
+    """`adapter_config.json` beside `weights` ({} when there is none); malformed JSON or a
+    known option of the wrong type is a FileFormatError naming the file and the field."""
     cfg_path = weights.parent / ADAPTER_CONFIG
     if not cfg_path.is_file():
         return {}
-    return read_json_object(cfg_path, f"{cfg_path.name} beside {weights.name}")
+    what = f"{cfg_path} (beside {weights.name})"
+    try:
+        cfg = read_json_object(cfg_path, what)
+    except FileFormatError:
+        raise
+    except ValueError as e:
+        raise FileFormatError(str(e)) from None
+    for key, check, valid in _CONFIG_CHECKS:
+        if key in cfg and not check(cfg[key]):
+            raise FileFormatError(f"{what}: field {key!r} must be {valid}, got {cfg[key]!r}")
+    return cfg
+
+
+def _is_count(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+_CONFIG_CHECKS = (
+    ("think_close_token_id", lambda v: v is None or _is_count(v, 0), "a token id (an integer >= 0) or null"),
+    ("max_internal_tokens", lambda v: _is_count(v, 1), "a positive integer"),
+    ("chunk_size", lambda v: _is_count(v, 1), "a positive integer"),
+    ("pairing", lambda v: v in ("next", "same"), "'next' or 'same'"),
+)
 
 
 def check_state(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str, hints: list[str] = ()) -> None:

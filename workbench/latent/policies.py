@@ -584,37 +584,105 @@ class _PauseRunner(Runner):
 POLICY_FILE = "latent_policy.json"
 
 
-def load_policy(folder: str) -> tuple[Any, str]:
+def load_policy(folder: str, allowed: Any = None) -> tuple[Any, str]:
     """The latent policy a training recipe saved in `folder` (its `latent_policy.json`)
-    and the model it runs on (a model folder or a registry name). Returns (spec, model)."""
+    and the model it runs on (a model folder or a registry name). Returns (spec, model).
+
+    allowed: folders the caller may read (the app passes its allowed folders and its
+    output folder). With it, `folder` and every path the file names (`head`, `model`)
+    must resolve (symlinks followed) inside one of them; anything else is refused with
+    PathNotAllowedError before its existence is checked, so the message never tells
+    whether something exists there. Without it (library, CLI) paths are followed as
+    written. A malformed file is a FileFormatError naming the file and the field."""
     from pathlib import Path
 
+    from ..errors import FileFormatError, MissingFileError
     from ..paths import read_json_object
 
+    roots = None if allowed is None else _policy_roots(allowed)
     path = Path(folder).expanduser()
+    if roots is not None:
+        _policy_confine(path, roots, "recipe folder", str(folder))
+    if not path.exists():
+        raise MissingFileError(f"recipe folder {str(folder)!r} does not exist")
     cfg_path = path / POLICY_FILE if path.is_dir() else path
     if not cfg_path.is_file():
-        raise ValueError(f"{str(folder)!r} has no {POLICY_FILE}; it is not the output of a workbench latent training recipe")
-    cfg = read_json_object(cfg_path)
+        raise FileFormatError(f"{str(folder)!r} has no {POLICY_FILE}; it is not the output of a workbench latent training recipe")
+    try:
+        cfg = read_json_object(cfg_path)
+    except FileFormatError:
+        raise
+    except ValueError as e:
+        raise FileFormatError(str(e)) from None
     base = cfg_path.parent
+    methods = ("coconut", "projection", "latent_head", "pause")
     method = cfg.get("method")
+    if method not in methods:
+        raise FileFormatError(f"{cfg_path}: unknown method {method!r} (field 'method'); expected {', '.join(methods)}")
     model = cfg.get("model", "")
-    model = str(base / model) if model and (base / model).exists() else model
+    if model is None:
+        model = ""
+    if not isinstance(model, str):
+        raise FileFormatError(f"{cfg_path}: field 'model' must be a string (a model folder or a registry name), got {model!r}")
+    if model:
+        if roots is not None:
+            _policy_confine(base / model, roots, f"{cfg_path.name} field 'model'", model, _POLICY_HINT)
+        model = str(base / model) if (base / model).exists() else model
+
+    def head(default: str) -> str:
+        h = cfg.get("head", default)
+        if not isinstance(h, str) or not h.strip():
+            raise FileFormatError(f"{cfg_path}: field 'head' must be the head file's path (relative to the folder), got {h!r}")
+        if roots is not None:
+            _policy_confine(base / h, roots, f"{cfg_path.name} field 'head'", h, _POLICY_HINT)
+        return str(base / h)
 
     def steps() -> int:
         v = cfg.get("steps")
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{cfg_path}: method {method!r} needs 'steps', a positive integer; got {v!r}")
+            raise FileFormatError(f"{cfg_path}: method {method!r} needs 'steps', a positive integer; got {v!r}")
         return v
 
     if method == "coconut":
-        spec: Any = Coconut(steps=steps(), begin=cfg.get("begin"), end=cfg.get("end"), stop=cfg.get("stop"))
+        try:
+            spec: Any = Coconut(steps=steps(), begin=cfg.get("begin"), end=cfg.get("end"), stop=cfg.get("stop"))
+        except FileFormatError:
+            raise
+        except ValueError as e:  # a marker or stop rule of the wrong kind
+            raise FileFormatError(f"{cfg_path}: {e}") from None
     elif method == "projection":
-        spec = ProjectionHead.load(str(base / cfg.get("head", PROJECTION_FILE)), steps=steps(), end=cfg.get("end"))
+        spec = ProjectionHead.load(head(PROJECTION_FILE), steps=steps(), end=cfg.get("end"))
     elif method == "latent_head":
-        spec = LatentHead.load(str(base / cfg.get("head", LATENT_HEAD_FILE)))
-    elif method == "pause":
-        spec = PauseTokens.load(str(base / cfg.get("head", PAUSE_FILE)))
+        spec = LatentHead.load(head(LATENT_HEAD_FILE))
     else:
-        raise ValueError(f"{cfg_path}: unknown method {method!r}; expected coconut, projection, latent_head or pause")
+        spec = PauseTokens.load(head(PAUSE_FILE))
     return spec, model
+
+
+_POLICY_HINT = "; a path in a recipe's file must be relative to its folder and stay inside the allowed folders (no absolute paths, no '..' out of them)"
+
+
+def _policy_roots(allowed: Any) -> tuple:
+    from pathlib import Path
+
+    items = [allowed] if isinstance(allowed, (str, bytes)) or hasattr(allowed, "__fspath__") else list(allowed)
+    return tuple(Path(a).expanduser().resolve() for a in items)
+
+
+def _policy_confine(path: Any, roots: tuple, what: str, shown: str, hint: str = "") -> None:
+    """Refuse `path` unless it resolves inside one of `roots`. Nothing about the path is
+    reported but the text it was given as, whether or not it exists."""
+    from pathlib import Path
+
+    from ..errors import PathNotAllowedError
+
+    p = Path(path).expanduser()
+    try:
+        rp = p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: refused like any path outside
+        rp = None
+    if rp is not None and any(rp == r or r in rp.parents for r in roots):
+        return
+    raise PathNotAllowedError(
+        f"{what} {shown!r} is outside the folders this app may read ({', '.join(map(str, roots))}){hint}"
+    )
