@@ -382,6 +382,11 @@ class SteeringVector:
         unknown = sorted(set(header) - set(_HEADER_FIELDS) - {"format_version", "layers", "written_by"})
         if unknown:
             warnings.warn(f"{p}: ignoring unknown steering vector header keys {unknown}")
+        d_model, family = header["d_model"], header["model_family"]
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise FileFormatError(f"{p}: invalid steering vector: header field 'd_model' must be a positive int, got {d_model!r}")
+        if not isinstance(family, str) or not family:
+            raise FileFormatError(f"{p}: invalid steering vector: header field 'model_family' must be a non-empty str, got {family!r}")
         layers: dict[int, str] = {}
         for name, info in entries.items():
             m = _TENSOR_NAME.fullmatch(name)
@@ -392,12 +397,12 @@ class SteeringVector:
                     f"{p}: tensor {name!r} has dtype {info['dtype']}; a steering vector holds floats "
                     f"({', '.join(sorted(_FLOAT_DTYPES))}; written as F32)"
                 )
-            if len(info["shape"]) != 1:
-                raise FileFormatError(f"{p}: tensor {name!r} has shape {info['shape']}; expected [d_model], one row per layer")
+            if info["shape"] != [d_model]:
+                raise FileFormatError(f"{p}: tensor {name!r} has shape {info['shape']}; expected [{d_model}] ([d_model], from the header)")
             layers[int(m.group(1))] = name
         if "layers" in header and (not isinstance(header["layers"], list) or sorted(map(str, header["layers"])) != sorted(map(str, layers))):
             raise FileFormatError(f"{p}: header field 'layers' lists {header['layers']!r} but the tensors hold {sorted(layers)}")
-        _check_expected(p, header["d_model"], header["model_family"], expect_d_model, expect_family)
+        _check_expected(p, d_model, family, expect_d_model, expect_family)
         try:
             with safe_open(p, framework="pt", device="cpu") as st:
                 directions = {layer: st.get_tensor(name) for layer, name in layers.items()}
@@ -532,6 +537,8 @@ class SteeringVector:
                 raise FileFormatError(f"{p}: field {GGUF_WORKBENCH_KEY}: 'metadata' must be a JSON object, got {stored['metadata']!r}")
         d_model = widths[0]
         family = stored.get("model_family", hint)
+        if not isinstance(family, str) or not family:
+            raise FileFormatError(f"{p}: field {GGUF_WORKBENCH_KEY}: 'model_family' must be a non-empty string, got {family!r}")
         _check_expected(p, d_model, family, expect_d_model, expect_family)
         directions = {layer: torch.from_numpy(g.read(t)) for layer, t in sorted(layer_of.items())}
         if stored:
