@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from . import latent_tab, model_tab, sinks_tab, steering_tab, training_tab
-from ._common import AppContext, Registry
+from ._common import DEFAULT_MAX_HEAD_MB, DEFAULT_MAX_VECTOR_MB, AppContext, Registry
 
 TABS = (
     ("Model", model_tab),
@@ -40,23 +40,32 @@ def build_app(
     registry: Registry | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    out_dir: str | os.PathLike | None = None,
+    max_vector_mb: float = DEFAULT_MAX_VECTOR_MB,
+    max_head_mb: float = DEFAULT_MAX_HEAD_MB,
 ) -> gr.Blocks:
     """Build the app (nothing is loaded until the first request).
 
     model_name: the model selected when a session starts (default: the embedded default).
-    allowed_dirs: folders the UI may read files from (local models, head files); saved
-        files go to the first one (else to a private temporary folder).
+    allowed_dirs: folders the UI may read files from (local models, head files).
+    out_dir: where saved vectors and training runs go (default: a `workbench-outputs`
+        folder inside the first allowed folder, else a private temporary folder); the app
+        never writes anywhere else, and replaces a file there only when asked to.
+    max_vector_mb / max_head_mb: the largest steering vector / head file it reads (an
+        upload above the larger one is refused by the server itself).
     registry: share an existing `Registry` (tests, notebooks); device / dtype: for loads."""
     import workbench as wb
 
-    ctx = AppContext.create(model_name or wb.DEFAULT_MODEL, allowed_dirs, registry, device, dtype)
+    ctx = AppContext.create(model_name or wb.DEFAULT_MODEL, allowed_dirs, registry, device, dtype, out_dir=out_dir,
+                            max_vector_mb=max_vector_mb, max_head_mb=max_head_mb)
     handlers: dict[str, Any] = {}
     with gr.Blocks(title="Latent Workbench") as demo:
         ctx.model = gr.State(ctx.default_model)
         ctx.vector = gr.State(None)
         gr.Markdown(
             "## Latent Workbench\nSteering vectors, attention sinks and latent reasoning on the shared core. "
-            f"Output folder: `{ctx.out_dir}`"
+            f"Output folder: `{ctx.out_dir}` (saved files and runs; an existing one is replaced only when "
+            "'overwrite' is ticked)"
             + (f"; readable folders: {', '.join(f'`{d}`' for d in ctx.allowed_dirs)}" if ctx.allowed_dirs else ""),
             elem_classes="wb-header",
         )
@@ -85,9 +94,12 @@ def launch(
 ) -> Any:
     """Queue with a concurrency limit, then serve on `host` (loopback by default). Public
     sharing is off unless `share=True` is asked for explicitly."""
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    from workbench.errors import check_int
+
+    concurrency = check_int(concurrency, "concurrency", low=1)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    ctx = getattr(demo, "workbench_ctx", None)
+    max_file = max(ctx.max_vector_bytes, ctx.max_head_bytes) if ctx is not None else None
     return demo.launch(
         server_name=host,
         server_port=port,
@@ -98,6 +110,7 @@ def launch(
         ssr_mode=False,
         inbrowser=False,
         css=CSS,
+        max_file_size=max_file,
     )
 
 

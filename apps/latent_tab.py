@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.errors import InputError
+
 from ._common import AppContext, allowed_path, handler, parse_int, upload_path
 
 POLICIES = ("coconut", "soft_thinking", "projection_head", "latent_head", "trained")
@@ -23,10 +25,10 @@ class LatentTab:
 
     def _head_path(self, upload: Any, path_text: str) -> str:
         if upload not in (None, ""):
-            return str(upload_path(self.ctx, upload, suffixes=(".safetensors",), what="head file"))
+            return str(upload_path(self.ctx, upload, suffixes=(".safetensors",), what="head file", max_bytes=self.ctx.max_head_bytes))
         if (path_text or "").strip():
             return str(allowed_path(self.ctx, path_text, suffixes=(".safetensors",), what="head file", allow_dir=True))
-        raise ValueError("this policy needs a head file: upload a .safetensors file or give a path inside an allowed folder")
+        raise InputError("this policy needs a head file: upload a .safetensors file or give a path inside an allowed folder")
 
     def policy(self, bench: Any, name: str, steps: int, upload: Any = None, path_text: str = "") -> Any:
         from workbench import latent
@@ -43,12 +45,13 @@ class LatentTab:
             return latent.LatentHead.load(self._head_path(upload, path_text)).with_steps(steps)
         if name == "trained":  # the `final` folder of a latent training recipe (Training tab)
             folder = allowed_path(self.ctx, path_text, what="recipe folder", allow_dir=True)
-            spec, trained_on = latent.load_policy(str(folder))
+            # every path the folder's latent_policy.json names is confined like a typed one
+            spec, trained_on = latent.load_policy(str(folder), allowed=self.ctx.readable_dirs)
             names = {bench.name, str(Path(bench.name).expanduser().resolve()) if bench.name else ""}
             if trained_on and trained_on not in names and str(Path(trained_on).resolve()) not in names:
-                raise ValueError(f"{folder.name} was trained on model {trained_on!r}; select that model in the Model tab first")
+                raise InputError(f"{folder.name} was trained on model {trained_on!r}; select that model in the Model tab first")
             return spec  # the step count it was trained with (the steps box does not apply)
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
+        raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
 
     @staticmethod
     def _bars(trace: Any, tok: Any) -> Any:
@@ -71,8 +74,8 @@ class LatentTab:
         from workbench.latent import readout
         from workbench.viz import latent as vl
 
-        if not (prompt or "").strip():
-            raise ValueError("the prompt is empty")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty")
         n_steps = parse_int(steps, "latent steps", low=1, high=512)
         n_new = parse_int(max_new_tokens, "max new tokens", low=1, high=1024)
         none = gr.update()

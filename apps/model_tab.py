@@ -7,7 +7,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.errors import InputError
+
 from ._common import (
+    SEED_MAX,
     AppContext,
     handler,
     md_table,
@@ -74,11 +77,11 @@ class ModelTab:
         """Stream a plain (unsteered) chat generation."""
         from workbench.generate import generate_stream
 
-        if not (prompt or "").strip():
-            raise ValueError("the prompt is empty")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty")
         n = parse_int(max_new_tokens, "max new tokens", low=1, high=2048)
         temp = parse_float(temperature, "temperature", low=0.0, high=10.0)
-        s = parse_int(seed, "seed")
+        s = parse_int(seed, "seed", low=0, high=SEED_MAX)
         text = ""
         with self.ctx.registry.use(model) as bench:
             for step in generate_stream(bench, prompt, max_new_tokens=n, temperature=temp, seed=s, decode_stream=True):

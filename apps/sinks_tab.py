@@ -10,7 +10,9 @@ from typing import Any
 
 import gradio as gr
 
-from ._common import AppContext, handler, md_table, parse_float, parse_int, parse_int_list, parse_lines
+from workbench.errors import InputError
+
+from ._common import SEED_MAX, AppContext, handler, md_table, parse_float, parse_int, parse_int_list, parse_lines
 
 PLACEMENTS = ("start", "after_bos")
 TASKS = ("arith-easy", "arith-medium", "arith-hard", "gsm8k-sample")
@@ -45,8 +47,8 @@ class SinksTab:
         if n == 0:
             return None
         if placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-        return RandomPrefix(n=n, seed=parse_int(seed, "prefix seed"), scale=parse_float(scale, "prefix scale"), placement=placement)
+            raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        return RandomPrefix(n=n, seed=parse_int(seed, "prefix seed", low=0, high=SEED_MAX), scale=parse_float(scale, "prefix scale"), placement=placement)
 
     @handler
     def inspect(
@@ -95,9 +97,9 @@ class SinksTab:
         from workbench.tasks import load_task
 
         if task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+            raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         n = parse_int(n_problems, "problems", low=1, high=500)
-        seed_list = parse_int_list(seeds, "prefix seeds")
+        seed_list = parse_int_list(seeds, "prefix seeds", low=0, high=SEED_MAX)
         plen = parse_int(prefix_n, "prefix length", low=1, high=64)
         scale = parse_float(prefix_scale, "prefix scale")
         ns = parse_int(n_samples, "sampled runs", low=0, high=32)

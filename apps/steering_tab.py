@@ -8,6 +8,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.errors import InputError
+
 from ._common import (
     AppContext,
     handler,
@@ -44,8 +46,11 @@ def _pairs(source: str, pairs_text: str) -> Any:
     """Probe-set name, or pasted pairs parsed into tuples."""
     if source == PASTE:
         return parse_pairs(pairs_text)
-    if not source:
-        raise ValueError("choose a probe set or 'paste pairs…'")
+    if not source or not isinstance(source, str):
+        raise InputError("choose a probe set or 'paste pairs…'")
+    choices = probe_choices()
+    if source not in choices:
+        raise InputError(f"unknown probe set {source!r}; choose one of {', '.join(map(repr, choices))}")
     return source
 
 
@@ -53,7 +58,7 @@ def _method(name: str):
     from workbench import steering as st
 
     if name not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
     return st.get_method(name)
 
 
@@ -117,12 +122,12 @@ class SteeringTab:
         from workbench.generate import generate_stream, stop_token_ids
 
         if vec is None:
-            raise ValueError("no steering vector: extract one (or load a file) first")
-        if not (prompt or "").strip():
-            raise ValueError("the prompt is empty")
+            raise InputError("no steering vector: extract one (or load a file) first")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty")
         s = parse_float(scale, "scale")
         if where not in WHERE:
-            raise ValueError(f"apply-at must be one of {', '.join(WHERE)}, got {where!r}")
+            raise InputError(f"apply-at must be one of {', '.join(WHERE)}, got {where!r}")
         n = parse_int(max_new_tokens, "max new tokens", low=1, high=1024)
         with self.ctx.registry.use(model) as bench:
             steer = vec.steer(s, where)
@@ -144,18 +149,20 @@ class SteeringTab:
         yield texts[0], texts[1], note
 
     @handler
-    def save_vector(self, vec: Any, name: str, fmt: str = "safetensors") -> tuple[str, str]:
-        """Save into the output folder -> (path for download, status)."""
+    def save_vector(self, vec: Any, name: str, fmt: str = "safetensors", overwrite: bool = False) -> tuple[str, str]:
+        """Save into the output folder -> (path for download, status). An existing file of
+        that name is kept (OutputExistsError) unless `overwrite` is ticked."""
         if vec is None:
-            raise ValueError("no steering vector to save: extract or load one first")
+            raise InputError("no steering vector to save: extract or load one first")
+        if fmt not in ("safetensors", "gguf"):
+            raise InputError(f"format must be 'safetensors' or 'gguf', got {fmt!r}")
+        if not isinstance(overwrite, bool):
+            raise InputError(f"overwrite must be true or false, got {overwrite!r}")
+        path = output_file(self.ctx, name, "." + fmt, overwrite=overwrite, what="vector file")
         if fmt == "safetensors":
-            path = output_file(self.ctx, name, ".safetensors")
-            vec.save(path)
-        elif fmt == "gguf":
-            path = output_file(self.ctx, name, ".gguf")
-            vec.to_gguf(path)
+            vec.save(path, overwrite=overwrite)
         else:
-            raise ValueError(f"format must be 'safetensors' or 'gguf', got {fmt!r}")
+            vec.to_gguf(path, overwrite=overwrite)
         return str(path), f"saved {path.name} ({fmt}) in the output folder"
 
     @handler
@@ -163,7 +170,8 @@ class SteeringTab:
         """Read an uploaded safetensors / GGUF vector, checked against the current model."""
         from workbench import steering as st
 
-        path = upload_path(self.ctx, file, suffixes=(".safetensors", ".gguf"), what="steering vector")
+        path = upload_path(self.ctx, file, suffixes=(".safetensors", ".gguf"), what="steering vector",
+                           max_bytes=self.ctx.max_vector_bytes)
         bench = self.ctx.registry.peek(model)
         vec = st.load_vector(path, bench)
         return vec, vector_info(vec)
@@ -201,16 +209,18 @@ def build_ui(ctx: AppContext) -> SteeringTab:
         with gr.Row():
             fname = gr.Textbox("vector", label="file name (saved in the output folder)")
             fmt = gr.Radio(["safetensors", "gguf"], value="safetensors", label="format")
+            overwrite = gr.Checkbox(False, label="overwrite an existing file of that name")
             save_btn = gr.Button("Save")
         saved = gr.File(label="saved file", interactive=False)
         save_status = gr.Markdown()
-        upload = gr.File(label="load a vector (.safetensors or .gguf)", file_types=[".safetensors", ".gguf"])
+        upload = gr.File(label=f"load a vector (.safetensors or .gguf, at most {ctx.max_vector_bytes >> 20} MiB)",
+                         file_types=[".safetensors", ".gguf"])
         load_btn = gr.Button("Load vector")
 
     sweep_btn.click(tab.sweep, [ctx.model, source, pairs, method, layers], [sweep_plot, sweep_table, layers], api_name="sweep")
     extract_btn.click(tab.extract, [ctx.model, source, pairs, method, layers], [ctx.vector, info], api_name="extract")
     gen_btn.click(tab.steer_generate, [ctx.model, ctx.vector, prompt, scale, where, max_new, kl], [plain, steered, kl_md],
                   api_name="steer_generate")
-    save_btn.click(tab.save_vector, [ctx.vector, fname, fmt], [saved, save_status], api_name="save_vector")
+    save_btn.click(tab.save_vector, [ctx.vector, fname, fmt, overwrite], [saved, save_status], api_name="save_vector")
     load_btn.click(tab.load_vector, [ctx.model, upload], [ctx.vector, info], api_name="load_vector")
     return tab

@@ -7,12 +7,15 @@ policy)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.errors import InputError, OutputExistsError
 from workbench.viz.train import loss_figure
 
 from ._common import AppContext, handler, output_file, parse_float, parse_int
@@ -25,22 +28,24 @@ class TrainingTab:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
         self._cancel: dict[str, threading.Event] = {}
+        self._runs = threading.Lock()  # guards _cancel: one run per name, checked and taken at once
 
     @handler
     def cancel(self, run_name: str) -> str:
-        ev = self._cancel.get(run_name)
+        key = run_name.strip() if isinstance(run_name, str) else run_name
+        with self._runs:
+            ev = self._cancel.get(key)
         if ev is None:
-            raise ValueError(f"no running training run named {run_name!r}")
+            running = ", ".join(map(repr, sorted(self._cancel))) or "none"
+            raise InputError(f"no running training run named {run_name!r} (running: {running})")
         ev.set()
         return f"cancelling {run_name}: it stops after the current step (a checkpoint is kept for resume)"
 
-    def _in_worker(self, run_name: str, work: Any, history: list[dict], steps: int, box: dict) -> Iterator[tuple[Any, str, Any]]:
-        """Run `work(cancel_event)` in a thread; yield (loss figure, status, no change) while
-        the trainer's `on_step` rows land in `history`; the result goes to box["result"]
-        (the worker's exception is raised here)."""
-        if run_name in self._cancel:
-            raise ValueError(f"a run named {run_name!r} is already running")
-        cancel = self._cancel[run_name] = threading.Event()
+    def _in_worker(self, run_name: str, cancel: threading.Event, work: Any, history: list[dict], steps: int,
+                   box: dict) -> Iterator[tuple[Any, str, Any]]:
+        """Run `work(cancel)` in a thread; yield (loss figure, status, no change) while the
+        trainer's `on_step` rows land in `history`; the result goes to box["result"] (the
+        worker's exception is raised here)."""
 
         def target() -> None:
             try:
@@ -50,8 +55,8 @@ class TrainingTab:
 
         worker = threading.Thread(target=target, name=f"train-{run_name}", daemon=True)
         worker.start()
+        shown = -1
         try:
-            shown = -1
             while worker.is_alive():
                 worker.join(0.5)
                 if len(history) != shown:
@@ -59,30 +64,80 @@ class TrainingTab:
                     last = history[-1] if history else {}
                     stage = f"stage {int(last['stage'])}, " if last.get("stage") is not None else ""
                     yield loss_figure(history), f"{stage}step {last.get('step', 0)}/{steps}, loss {last.get('loss', float('nan')):.4g}", gr.update()
-        finally:
-            self._cancel.pop(run_name, None)
+        except GeneratorExit:  # the page went away: stop the run (its checkpoint is kept) before the name is free again
+            cancel.set()
+            worker.join()
+            raise
         if "error" in box:
             raise box["error"]
 
+    def _run_folder(self, run_name: Any, resume: Any, overwrite: Any) -> Path:
+        """The run folder in the output folder, checked before any work: an existing one is
+        continued with `resume`, started again with `overwrite` (its files are removed when
+        the run starts), and otherwise refused (OutputExistsError), so a run never writes
+        into another run's folder by accident."""
+        for flag, what in ((resume, "resume"), (overwrite, "overwrite")):
+            if not isinstance(flag, bool):
+                raise InputError(f"{what} must be true or false, got {flag!r}")
+        if resume and overwrite:
+            raise InputError("tick either 'resume' (continue the run in that folder) or 'overwrite' (start it again), not both")
+        folder = output_file(self.ctx, run_name, "", overwrite=True, what="run folder")
+        if folder.exists() or folder.is_symlink():
+            if folder.is_symlink() or not folder.is_dir():
+                raise OutputExistsError(f"{folder.name!r} in the output folder is not a run folder; choose another run name")
+            if not (resume or overwrite):
+                raise OutputExistsError(
+                    f"run folder {folder.name!r} already exists in the output folder; tick 'resume' to continue it, "
+                    "'overwrite' to start it again (its files are replaced), or choose another run name"
+                )
+        return folder
+
+    @contextmanager
+    def _claim(self, folder: Path, overwrite: bool) -> Iterator[threading.Event]:
+        """Take the run name (one run per name at a time; yields its cancel event), then
+        start the work on `folder`: an overwritten run's old folder is removed; a run folder
+        this run created is removed again when the run fails before writing anything."""
+        name = folder.name
+        with self._runs:
+            if name in self._cancel:
+                raise InputError(f"a run named {name!r} is already running; wait for it, cancel it, or choose another run name")
+            cancel = self._cancel[name] = threading.Event()
+        try:
+            if overwrite and folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+            created = not folder.exists()
+            try:
+                yield cancel
+            except Exception:
+                if created and folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+                raise
+        finally:
+            with self._runs:
+                self._cancel.pop(name, None)
+
     @handler
-    def latent_train(self, model: str, recipe: str, run_name: str, steps: Any = 20, resume: bool = False) -> Iterator[tuple[Any, str, Any]]:
+    def latent_train(self, model: str, recipe: str, run_name: str, steps: Any = 20, resume: bool = False,
+                     overwrite: bool = False) -> Iterator[tuple[Any, str, Any]]:
         """Train a latent-reasoning recipe on a fresh copy of `model` (the shared one is
         left alone) with live loss curves; a COCONUT result becomes the selected model, a
         head's folder is what the Latent tab's `trained` policy reads."""
         from workbench.train.latent_recipes import RUNNERS
 
         if recipe not in LATENT_RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(LATENT_RECIPES)}, got {recipe!r}")
+            raise InputError(f"recipe must be one of {', '.join(LATENT_RECIPES)}, got {recipe!r}")
         if not model:
-            raise ValueError("no model selected; choose one in the Model tab")
-        out_dir = output_file(self.ctx, run_name, "")
+            raise InputError("no model selected; choose one in the Model tab")
         n = parse_int(steps, "steps", low=1, high=100_000)
+        out_dir = self._run_folder(run_name, resume, overwrite)
         cls, run = RUNNERS[recipe]
         cfg = cls(model=model, out_dir=str(out_dir), steps=n, eval_n=0, ckpt_every=max(1, n // 4), warmup_steps=0, progress=False, device="cpu")
         history: list[dict] = []
         box: dict[str, Any] = {}
         stages = getattr(cfg, "stages", 1)
-        yield from self._in_worker(run_name, lambda cancel: run(cfg, resume=resume, on_step=history.append, cancel=cancel), history, n, box)
+        with self._claim(out_dir, overwrite) as cancel:
+            yield from self._in_worker(out_dir.name, cancel, lambda ev: run(cfg, resume=resume, on_step=history.append, cancel=ev),
+                                       history, n, box)
         res = box["result"]
         if res.get("status") != "done":
             yield loss_figure(history), f"{res.get('status')}; tick 'resume' to continue", gr.update()
@@ -98,20 +153,24 @@ class TrainingTab:
     @handler
     def bake(
         self, model: str, vec: Any, run_name: str, mode: str = "distil", scale: Any = 6.0, steps: Any = 20, lr: Any = 2e-3,
-        probe_set: str = "sentiment", resume: bool = False,
+        probe_set: str = "sentiment", resume: bool = False, overwrite: bool = False,
     ) -> Iterator[tuple[Any, str, Any]]:
         """Run a bake in a worker thread; yields (loss figure, status, model key) as steps land."""
         from workbench.train.bake import BakeConfig, bake
 
         if vec is None:
-            raise ValueError("no steering vector: extract or load one in the Steering tab first")
+            raise InputError("no steering vector: extract or load one in the Steering tab first")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        out_dir = output_file(self.ctx, run_name, "")
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        n = parse_int(steps, "steps", low=1, high=100_000)
+        sc = parse_float(scale, "scale", low=-1e4, high=1e4)
+        rate = parse_float(lr, "learning rate", low=0.0, high=1.0)
+        if rate == 0.0:
+            raise InputError("learning rate must be greater than 0, got 0")
+        out_dir = self._run_folder(run_name, resume, overwrite)
         cfg = BakeConfig(
-            model=model, out_dir=str(out_dir), scale=parse_float(scale, "scale"), mode=mode, probe_set=probe_set,
-            steps=parse_int(steps, "steps", low=1, high=100_000), lr=parse_float(lr, "learning rate", low=0.0),
-            ckpt_every=max(1, parse_int(steps, "steps") // 4), warmup_steps=0, progress=False,
+            model=model, out_dir=str(out_dir), scale=sc, mode=mode, probe_set=probe_set,
+            steps=n, lr=rate, ckpt_every=max(1, n // 4), warmup_steps=0, progress=False,
         )
         cfg.validate()
         history: list[dict] = []
@@ -121,7 +180,8 @@ class TrainingTab:
                 return bake(bench, vec, cfg, on_step=history.append, cancel=cancel, resume=resume)
 
         box: dict[str, Any] = {}
-        yield from self._in_worker(run_name, work, history, cfg.steps, box)
+        with self._claim(out_dir, overwrite) as cancel:
+            yield from self._in_worker(out_dir.name, cancel, work, history, cfg.steps, box)
         res = box["result"]
         if res.report is None:
             yield loss_figure(history), f"cancelled at step {res.train.step if res.train else 0}; tick 'resume' to continue", gr.update()
@@ -144,12 +204,13 @@ def build_ui(ctx: AppContext) -> TrainingTab:
         lr = gr.Number(2e-3, label="learning rate")
         probe_set = gr.Textbox("sentiment", label="probe set (corpus)")
         resume = gr.Checkbox(False, label="resume")
+        overwrite = gr.Checkbox(False, label="overwrite (start an existing run folder again)")
     with gr.Row():
         start = gr.Button("Bake", variant="primary")
         stop = gr.Button("Cancel")
     status = gr.Markdown(elem_id="train-status")
     plot = gr.Plot(label="loss", elem_id="train-loss")
-    start.click(tab.bake, [ctx.model, ctx.vector, run_name, mode, scale, steps, lr, probe_set, resume], [plot, status, ctx.model],
+    start.click(tab.bake, [ctx.model, ctx.vector, run_name, mode, scale, steps, lr, probe_set, resume, overwrite], [plot, status, ctx.model],
                 api_name="bake")
     stop.click(tab.cancel, [run_name], status, api_name="cancel_bake", queue=False)
     gr.Markdown("Latent-reasoning recipes (COCONUT curriculum, projection head, latent head, pause tokens) on the "
@@ -159,11 +220,13 @@ def build_ui(ctx: AppContext) -> TrainingTab:
         recipe = gr.Dropdown(list(LATENT_RECIPES), value="coconut", label="recipe")
         l_steps = gr.Number(20, precision=0, label="steps (per stage for COCONUT)", elem_id="latent-train-steps")
         l_resume = gr.Checkbox(False, label="resume")
+        l_overwrite = gr.Checkbox(False, label="overwrite (start an existing run folder again)")
     with gr.Row():
         l_start = gr.Button("Train", variant="primary")
         l_stop = gr.Button("Cancel")
     l_status = gr.Markdown(elem_id="latent-train-status")
     l_plot = gr.Plot(label="loss", elem_id="latent-train-loss")
-    l_start.click(tab.latent_train, [ctx.model, recipe, l_name, l_steps, l_resume], [l_plot, l_status, ctx.model], api_name="latent_train")
+    l_start.click(tab.latent_train, [ctx.model, recipe, l_name, l_steps, l_resume, l_overwrite], [l_plot, l_status, ctx.model],
+                  api_name="latent_train")
     l_stop.click(tab.cancel, [l_name], l_status, api_name="cancel_latent_train", queue=False)
     return tab

@@ -115,7 +115,7 @@ def test_steering_sweep(app):
 def test_steering_save_and_load_round_trip(app, vec):
     _demo, tabs, folder = app
     path, _ = tabs["Steering"].save_vector(vec, "sent", "safetensors")
-    assert path == str(folder / "sent.safetensors")
+    assert path == str(folder / "workbench-outputs" / "sent.safetensors")  # the app's own folder, not the allowed one
     back, info = tabs["Steering"].load_vector(MODEL, path)
     assert back.layers == [14] and torch.equal(back.directions[14], vec.directions[14])
     gpath, _ = tabs["Steering"].save_vector(vec, "sent", "gguf")
@@ -287,16 +287,19 @@ def test_training_tab_bad_input(app, vec):
         list(t.latent_train(MODEL, "grokking", "run"))
 
 
-def test_training_tab_latent_recipe_and_trained_policy(app, micro_dir):
+def test_training_tab_latent_recipe_and_trained_policy(app, micro_dir, tmp_path):
     """A COCONUT curriculum launched from the UI (two steps per stage) with a live curve per
     stage; the result becomes the selected model and runs as the Latent tab's `trained`
-    policy; a head recipe's folder does too, on its base model."""
-    demo, tabs, folder = app
+    policy; a head recipe's folder does too, on its base model (which lives in a folder
+    the app may read: a recipe folder naming a model outside the allowed folders is refused)."""
+    _demo, tabs, _ = app
+    demo = build_app(MODEL, [tmp_path, micro_dir], registry=tabs["Training"].ctx.registry)
+    tabs, folder = demo.workbench_tabs, tmp_path
     base = str(micro_dir)
     tabs["Training"].ctx.registry.slot(base)
     outs = list(tabs["Training"].latent_train(base, "coconut", "coco-test", 2, False))
     fig, status, key = outs[-1]
-    assert status.startswith("done (4 stage(s))") and key == str((folder / "coco-test" / "final" / "model").resolve())
+    assert status.startswith("done (4 stage(s))") and key == str((folder / "workbench-outputs" / "coco-test" / "final" / "model").resolve())
     assert [t.name for t in fig.data] == ["stage 1", "stage 2", "stage 3", "stage 4"]
     assert any(str(o[1]).startswith("stage ") for o in outs[:-1])  # live rows while training
     run = list(tabs["Latent reasoning"].run(key, "trained", "Ava has 3 apples. How many apples does Ava have now?", 6, 4, None, "coco-test/final"))
@@ -315,7 +318,7 @@ def test_training_tab_bakes_and_loads_the_result(app, vec):
     _demo, tabs, folder = app
     outs = list(tabs["Training"].bake(MODEL, vec, "bake-test", "distil", 6.0, 2, 2e-3, "sentiment", False))
     fig, status, key = outs[-1]
-    assert status.startswith("done") and key == str((folder / "bake-test" / "model").resolve())
+    assert status.startswith("done") and key == str((folder / "workbench-outputs" / "bake-test" / "model").resolve())
     assert [p for p in fig.data[0].x] == [1, 2]
     _key, summary, _rows, _ = tabs["Model"].load_model("local path…", key)
     assert "| layers | 30 |" in summary
