@@ -59,26 +59,33 @@ class ArchInfo:
         """Map a relative depth in [0, 1] to a block index: `round(depth * n_layers)`,
         clamped to the last block. 0.75 -> 48 on a 64-layer model (the Qwen3.5-27B
         steering reference point)."""
-        if not (0.0 <= float(depth) <= 1.0):
-            raise ValueError(f"depth must be in [0, 1], got {depth!r}")
+        from .errors import check_float
+
+        depth = check_float(depth, "depth", low=0.0, high=1.0)
         return min(int(round(float(depth) * self.n_layers)), self.n_layers - 1)
 
     def check_layer(self, layer: int) -> int:
         """Return `layer` as a valid non-negative index (negative counts from the end) or
         raise a ValueError naming the valid range."""
-        if isinstance(layer, bool) or not isinstance(layer, int):
+        from .errors import InputError
+
+        if isinstance(layer, (bool, str, bytes)) or layer is None:  # True is not layer 1, "3" not layer 3
+            raise InputError(f"layer must be an integer in [0, {self.n_layers - 1}], got {layer!r}")
+        if not isinstance(layer, int):
             try:
                 as_int = int(layer)
-            except (TypeError, ValueError):
-                raise ValueError(
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                raise InputError(
                     f"layer must be an integer in [0, {self.n_layers - 1}], got {layer!r}"
                 ) from None
+            if getattr(layer, "dtype", None) is not None and str(getattr(layer, "dtype")).startswith(("torch.bool", "bool")):
+                raise InputError(f"layer must be an integer in [0, {self.n_layers - 1}], got {layer!r}")
             if as_int != layer:
-                raise ValueError(f"layer must be an integer in [0, {self.n_layers - 1}], got {layer!r}")
+                raise InputError(f"layer must be an integer in [0, {self.n_layers - 1}], got {layer!r}")
             layer = as_int
         idx = layer + self.n_layers if layer < 0 else layer
         if not 0 <= idx < self.n_layers:
-            raise ValueError(
+            raise InputError(
                 f"layer {layer} is out of range: this model has {self.n_layers} layers, "
                 f"valid layers are 0..{self.n_layers - 1} (or -{self.n_layers}..-1)"
             )

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 from .arch import final_norm
+from .errors import InputError
+from .inputs import check_integer
 from .trace import capture
 
 
@@ -34,11 +36,11 @@ class LensResult:
     def __post_init__(self):
         L = len(self.layers)
         if self.top_ids.shape[0] != L or self.top_probs.shape != self.top_ids.shape or self.entropy.shape != (L,):
-            raise ValueError("LensResult fields disagree on the number of layers")
+            raise InputError("LensResult fields disagree on the number of layers")
 
     def table(self, k: int | None = None) -> str:
         """A plain-text table: layer, entropy, top tokens with probabilities."""
-        k = k or self.top_ids.shape[1]
+        k = self.top_ids.shape[1] if k is None else min(check_integer(k, "k", low=1), self.top_ids.shape[1])
         lines = [f"{'layer':>5}  {'entropy':>7}  top tokens"]
         for i, l in enumerate(self.layers):
             toks = "  ".join(f"{self.tokens[i][j]!r} {float(self.top_probs[i, j]):.3f}" for j in range(k))
@@ -49,6 +51,7 @@ class LensResult:
 @torch.no_grad()
 def decode_residual(bench: Any, resid: Tensor) -> Tensor:
     """Residual vectors [..., d] -> logits [..., vocab] through final norm + unembedding."""
+    _check_vectors(resid, bench.arch.d_model, "resid", min_ndim=1)
     norm = final_norm(bench.hf)
     head = bench.hf.get_output_embeddings()
     p = next(head.parameters())
@@ -72,8 +75,11 @@ def logit_lens(
 ) -> LensResult:
     """Top-k next-token readout of the residual after each of `layers` (default: all) at
     `position` of `prompt`."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt must be one string, got {type(prompt).__name__} {prompt!r:.60}")
+    k = check_integer(k, "k", low=1)
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise InputError(f"position must be an integer (a token index, negative from the end), got {position!r}")
     acts = capture(bench, [prompt], layers, positions=position, chat=chat)
     ls = list(acts)
     resid = torch.stack([acts[l][0] for l in ls])  # [L, d]
@@ -88,8 +94,19 @@ def logit_lens(
 @torch.no_grad()
 def nearest_tokens(bench: Any, vectors: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
     """Cosine-nearest input-embedding rows for vectors [n, d]: (ids [n, k], cos [n, k])."""
+    _check_vectors(vectors, bench.arch.d_model, "vectors", min_ndim=2)
+    V = int(bench.hf.get_input_embeddings().weight.shape[0])
+    k = check_integer(k, "k", low=1, high=V)
     W = bench.hf.get_input_embeddings().weight.float()
     v = vectors.to(W.device).float()
     cos = torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(W, dim=-1).T
     top = cos.topk(k, dim=-1)
     return top.indices.cpu(), top.values.cpu()
+
+
+def _check_vectors(x, d: int, what: str, min_ndim: int) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = f"tensor of dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"{what} must be a float tensor [..., {d}], got {got}")
+    if x.ndim < min_ndim or x.shape[-1] != d:
+        raise InputError(f"{what} must have shape {'[n, ' if min_ndim == 2 else '[..., '}{d}] (d_model {d}), got {tuple(x.shape)}")

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from .arch import decoder_layers
-from .edits import validate_edits
-from .inputs import Batch, encode
+from .edits import describe_edits, validate_edits
+from .errors import InputError, NonFiniteError
+from .inputs import Batch, check_bool, check_integer, encode
 
 Positions = str | int | slice
 
@@ -68,24 +69,96 @@ def _layers_envoy(bench) -> Any:
     raise ValueError("decoder layers not found in the nnsight model")
 
 
-def check_layers(bench: Any, layers: int | Sequence[int] | None) -> list[int]:
-    """Validated, sorted, de-duplicated layer indices (None: every block)."""
-    if layers is None:
-        return list(range(bench.arch.n_layers))
-    if isinstance(layers, int):
+def check_layers(bench: Any, layers: int | Sequence[int] | str | None) -> list[int]:
+    """Validated, sorted, de-duplicated layer indices: None or "all" for every block, an
+    int, or a list of ints in [0, n_layers) (negative ones count from the end). Bools,
+    floats such as 1.5, and other strings are refused, never coerced."""
+    n = bench.arch.n_layers
+    valid = f"valid: None or 'all' (every layer), an integer or a list of integers in [0, {n - 1}] (or -{n}..-1)"
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return list(range(n))
+    if isinstance(layers, (str, bytes, bool, float, dict)) or layers is ... :
+        raise InputError(f"layers must not be {type(layers).__name__} {layers!r}; {valid}")
+    if isinstance(layers, Tensor) and layers.ndim == 0:
+        layers = [layers]
+    elif not hasattr(layers, "__iter__"):
         layers = [layers]
     layers = list(layers)
     if not layers:
-        raise ValueError(f"layers is empty; valid layers are 0..{bench.arch.n_layers - 1}")
+        raise InputError(f"layers is empty; valid layers are 0..{n - 1}")
     return sorted({bench.arch.check_layer(l) for l in layers})
+
+
+_POSITIONS_VALID = "'last', 'all', 'mean', an integer or a slice of integers"
 
 
 def _check_positions(positions: Positions) -> Positions:
     if isinstance(positions, str) and positions not in ("last", "all", "mean"):
-        raise ValueError(f"positions must be 'last', 'all', 'mean', an int or a slice, got {positions!r}")
-    if not isinstance(positions, (str, int, slice)) or isinstance(positions, bool):
-        raise ValueError(f"positions must be 'last', 'all', 'mean', an int or a slice, got {positions!r}")
+        raise InputError(f"positions must be {_POSITIONS_VALID}, got {positions!r}")
+    if isinstance(positions, slice):
+        for part in ("start", "stop", "step"):
+            v = getattr(positions, part)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise InputError(f"positions slice {part} must be an integer or None, got {v!r}")
+        if positions.step == 0:
+            raise InputError("positions slice step must not be zero")
+        return positions
+    if isinstance(positions, str):
+        return positions
+    if isinstance(positions, bool) or not isinstance(positions, int):
+        try:
+            return check_integer(positions, f"positions (valid: {_POSITIONS_VALID})")
+        except InputError:
+            raise InputError(f"positions must be {_POSITIONS_VALID}, got {positions!r}") from None
     return positions
+
+
+def check_positions_fit(positions: Positions, lengths: Sequence[int]) -> None:
+    """Refuse, before any forward, an int position outside a prompt or a slice selecting no
+    token of a prompt (lengths: real positions per prompt)."""
+    if isinstance(positions, bool):
+        return
+    if isinstance(positions, int):
+        for i, L in enumerate(lengths):
+            if not -L <= positions < L:
+                raise InputError(
+                    f"position {positions} is outside prompt {i} of {L} tokens; valid positions are {-L}..{L - 1}"
+                )
+    elif isinstance(positions, slice):
+        for i, L in enumerate(lengths):
+            if len(range(L)[positions]) == 0:
+                raise InputError(f"position slice {positions} selects no token of prompt {i} ({L} tokens)")
+
+
+def _check_remote(remote: Any) -> Any:
+    if remote is False or remote is True or remote == "local" and isinstance(remote, str):
+        return remote
+    raise InputError(f"remote must be False, True (NDIF) or 'local', got {remote!r}")
+
+
+def check_finite_capture(data: dict[int, Tensor], logits: Tensor | None, edits: Sequence[Any]) -> None:
+    """NonFiniteError when a captured activation or the logits hold NaN/inf, naming the
+    first such layer and the edits in force."""
+    from .generate import logits_usable
+
+    for l in sorted(data):
+        if not bool(torch.isfinite(data[l]).all()):
+            break
+    else:
+        l = None
+    if l is None and (logits is None or bool(logits_usable(logits))):
+        return
+    if l is None and bool(torch.isfinite(logits).all()):
+        ctx = f" with edits in force: {describe_edits(edits)} (lower the scale)" if edits else " with no edits in force"
+        raise NonFiniteError(
+            "the logits collapsed: every token got the same logit, the sign of a residual stream too large for the "
+            f"model's norms (its squared norm overflows to inf, so the normalised state is 0){ctx}"
+        )
+    where = f"activations at layer {l}" if l is not None else "the logits"
+    ctx = f"with edits in force: {describe_edits(edits)} (lower the scale or check the vectors)" if edits else (
+        "with no edits in force: the model's weights or inputs are not finite, or its activations overflow"
+    )
+    raise NonFiniteError(f"{where} became NaN/inf {ctx}")
 
 
 def reduce_positions(h: Tensor, mask: Tensor, positions: Positions) -> Tensor:
@@ -102,7 +175,7 @@ def reduce_positions(h: Tensor, mask: Tensor, positions: Positions) -> Tensor:
         idx = torch.where(torch.tensor(positions) >= 0, T - lengths + positions, T + positions)
         if (idx < T - lengths).any() or (idx >= T).any():
             bad = int(lengths.min())
-            raise ValueError(f"position {positions} is outside a prompt of {bad} tokens")
+            raise InputError(f"position {positions} is outside a prompt of {bad} tokens")
         return h[torch.arange(b, device=h.device), idx.to(h.device)]
     # slice over each row's real tokens, averaged
     out = []
@@ -110,7 +183,7 @@ def reduce_positions(h: Tensor, mask: Tensor, positions: Positions) -> Tensor:
         real = h[i, T - int(lengths[i]) :]
         sel = real[positions]
         if sel.shape[0] == 0:
-            raise ValueError(f"position slice {positions} selects no token of prompt {i} ({int(lengths[i])} tokens)")
+            raise InputError(f"position slice {positions} selects no token of prompt {i} ({int(lengths[i])} tokens)")
         out.append(sel.mean(0))
     return torch.stack(out)
 
@@ -131,6 +204,7 @@ def trace_batch(
     `workbench.remote`) or "local" (nnsight's serverless dry run: the request is serialized
     and deserialized exactly as for NDIF, then run here)."""
     edits = validate_edits(edits, bench.arch.n_layers, bench.arch.d_model)
+    remote = _check_remote(remote)
     by_layer: dict[int, list] = {}
     for e in edits:
         by_layer.setdefault(e.layer, []).append(e)
@@ -162,7 +236,10 @@ def trace_batch(
             logits = None
             if not remote:  # a remote job runs the whole forward
                 tracer.stop()
-    return {l: saved[l].detach().cpu() for l in layers}, (logits.detach().cpu() if want_logits else None)
+    data = {l: saved[l].detach().cpu() for l in layers}
+    logits = logits.detach().cpu() if want_logits else None
+    check_finite_capture(data, logits, edits)
+    return data, logits
 
 
 def capture(
@@ -178,7 +255,8 @@ def capture(
     progress: bool = False,
     remote: bool | str = False,
 ) -> Activations:
-    """Residual-stream activations (block outputs) for `prompts` at `layers` (default: all).
+    """Residual-stream activations (block outputs) for `prompts` at `layers`: None or "all"
+    (every block, the default), an int or a list of ints (negative count from the end).
 
     Raw text is tokenised as the tokenizer does by default (`chat=True` renders each prompt
     as a user turn). Runs in chunks of `batch_size` prompts, one trace per chunk with every
@@ -186,9 +264,14 @@ def capture(
     """
     layer_list = check_layers(bench, layers)
     positions = _check_positions(positions)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_integer(batch_size, "batch_size", low=1)
+    check_bool(chat, "chat")
+    check_bool(want_logits, "want_logits")
+    check_bool(progress, "progress")
+    _check_remote(remote)
+    validate_edits(edits, bench.arch.n_layers, bench.arch.d_model)
     batch = encode(bench, prompts, chat=chat)
+    check_positions_fit(positions, batch.lengths.tolist())
     n = batch.input_ids.shape[0]
     chunks: dict[int, list[Tensor]] = {l: [] for l in layer_list}
     logit_chunks: list[Tensor] = []
@@ -237,7 +320,7 @@ def run_with_edits(
 ) -> Activations:
     """Forward `prompts` with `edits` applied; last-position logits plus any `layers`
     (`remote` as in `trace_batch`)."""
-    layer_list = check_layers(bench, layers) if layers else []
+    layer_list = check_layers(bench, layers) if layers is not None and not (isinstance(layers, (list, tuple)) and not layers) else []
     batch = encode(bench, prompts, chat=chat)
     data, logits = trace_batch(bench, batch, layer_list, "last", edits, want_logits=True, remote=remote)
     return Activations(data, "last", batch.input_ids, batch.attention_mask, batch.lengths, logits)
