@@ -16,7 +16,6 @@ through nnsight (`workbench.trace`); both paths apply the very same `__call__`.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence
@@ -25,6 +24,8 @@ import torch
 from torch import Tensor
 
 from .arch import decoder_layers
+from .errors import InputError
+from .inputs import check_integer, check_number
 
 PHASES = ("prompt", "generated")
 WHERE = ("all", "prompt", "generated")
@@ -39,19 +40,30 @@ class Edit(Protocol):
 
 def _check_vector(vector: Tensor, name: str) -> Tensor:
     if not isinstance(vector, Tensor):
-        vector = torch.as_tensor(vector)
+        if isinstance(vector, (str, bytes, dict)) or vector is None:
+            raise InputError(f"{name} must be a 1-D tensor of length d_model, got {type(vector).__name__} {vector!r:.60}")
+        try:
+            vector = torch.as_tensor(vector)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"{name} must be a 1-D tensor of length d_model, got {type(vector).__name__} ({e})") from None
     if vector.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D vector of length d_model, got shape {tuple(vector.shape)}")
-    if not torch.isfinite(vector).all():
+        raise InputError(f"{name} must be a 1-D vector of length d_model, got shape {tuple(vector.shape)}")
+    if vector.dtype == torch.bool or vector.is_complex():
+        raise InputError(f"{name} must hold real numbers, got dtype {vector.dtype}")
+    if vector.device.type != "meta" and not torch.isfinite(vector).all():
         bad = int((~torch.isfinite(vector)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf entries")
+        raise InputError(f"{name} contains {bad} NaN/inf entries")
     return vector
 
 
 def _check_where(where: str) -> str:
-    if where not in WHERE:
-        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+    if not isinstance(where, str) or where not in WHERE:
+        raise InputError(f"where must be one of {WHERE}, got {where!r}")
     return where
+
+
+def _check_edit_layer(layer, kind: str) -> int:
+    return check_integer(layer, f"{kind} layer", low=0)
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,9 @@ class AddVector:
     where: str = "all"
 
     def __post_init__(self):
+        object.__setattr__(self, "layer", _check_edit_layer(self.layer, "AddVector"))
         object.__setattr__(self, "vector", _check_vector(self.vector, f"steering vector for layer {self.layer}"))
-        if not math.isfinite(float(self.scale)):
-            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+        object.__setattr__(self, "scale", check_number(self.scale, "scale", "a finite number"))
         _check_where(self.where)
 
     def __call__(self, hidden: Tensor, phase: str) -> Tensor:
@@ -87,10 +99,14 @@ class Ablate:
     where: str = "all"
 
     def __post_init__(self):
+        object.__setattr__(self, "layer", _check_edit_layer(self.layer, "Ablate"))
         d = _check_vector(self.direction, f"ablation direction for layer {self.layer}").float()
         n = d.norm()
         if n == 0:
-            raise ValueError(f"ablation direction for layer {self.layer} is the zero vector")
+            raise InputError(f"ablation direction for layer {self.layer} is the zero vector")
+        if not torch.isfinite(n):
+            raise InputError(f"ablation direction for layer {self.layer} is too large to normalise (norm overflows float32)")
+        object.__setattr__(self, "strength", check_number(self.strength, "ablation strength", "a finite number"))
         object.__setattr__(self, "direction", d / n)
         _check_where(self.where)
 
@@ -111,7 +127,7 @@ class EditScope:
 
     def set_phase(self, phase: str) -> None:
         if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+            raise InputError(f"phase must be one of {PHASES}, got {phase!r}")
         self.phase = phase
 
     def install(self, hf: torch.nn.Module) -> None:
@@ -133,19 +149,55 @@ class EditScope:
 
 
 def validate_edits(edits: Sequence[Edit], n_layers: int, d_model: int) -> tuple:
+    if edits is None:
+        return ()
+    if isinstance(edits, (str, bytes)) or not isinstance(edits, (list, tuple)):
+        if not hasattr(edits, "__iter__") or isinstance(edits, (str, bytes, Tensor, dict)):
+            raise InputError(
+                f"edits must be a list of edits (AddVector, Ablate, or objects with .layer and __call__(hidden, phase)), "
+                f"got {type(edits).__name__} {edits!r:.60}"
+            )
     out = []
-    for e in edits or ():
+    for i, e in enumerate(edits):
         layer = getattr(e, "layer", None)
+        if not callable(e) or layer is None:
+            raise InputError(
+                f"edits[{i}] must be an edit (AddVector, Ablate, or an object with .layer and __call__(hidden, phase)), "
+                f"got {type(e).__name__} {e!r:.60}"
+            )
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-            raise ValueError(f"edit {type(e).__name__} targets layer {layer!r}; valid layers are 0..{n_layers - 1}")
+            raise InputError(f"edit {type(e).__name__} targets layer {layer!r}; valid layers are 0..{n_layers - 1}")
         for name in ("vector", "direction"):
             v = getattr(e, name, None)
             if v is not None and v.shape[-1] != d_model:
-                raise ValueError(
+                raise InputError(
                     f"{type(e).__name__} at layer {layer}: {name} has size {v.shape[-1]}, but this model's d_model is {d_model}"
                 )
         out.append(e)
     return tuple(out)
+
+
+def describe_edit(e) -> str:
+    """A one-line description of an edit for messages: kind, layer, scale / strength and
+    the vector's norm (never the vector itself)."""
+    kind = type(e).__name__
+    parts = [f"layer {getattr(e, 'layer', '?')}"]
+    for attr in ("scale", "strength"):
+        v = getattr(e, attr, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{attr} {v:g}")
+    vec = getattr(e, "vector", None)
+    if isinstance(vec, Tensor) and vec.device.type != "meta":
+        parts.append(f"|vector| {float(vec.float().norm()):.3g}")
+    where = getattr(e, "where", "all")
+    if where != "all":
+        parts.append(f"where {where!r}")
+    return f"{kind}({', '.join(parts)})"
+
+
+def describe_edits(edits: Sequence[Edit]) -> str:
+    """`describe_edit` of every edit, joined; "none" for no edits."""
+    return "; ".join(describe_edit(e) for e in edits) if edits else "none"
 
 
 def _hook(edits_here: tuple, scope: EditScope):

@@ -56,7 +56,9 @@ BUCKET = 256  # buffer lengths are rounded up to this, so a decoder is reused ac
 
 def check_fast(fast: Any) -> Any:
     if not (fast is True or fast is False or (isinstance(fast, str) and fast == "auto")):
-        raise ValueError(f"fast must be 'auto', True or False, got {fast!r}")
+        from .errors import InputError
+
+        raise InputError(f"fast must be 'auto', True or False, got {fast!r}")
     return fast
 
 

@@ -18,8 +18,18 @@ from torch import Tensor
 
 from ._lazy import callable_module
 from .compat import output_cache, with_cache
-from .edits import apply_edits
-from .inputs import as_prompt_list, check_context, positions_from_mask, token_ids
+from .edits import apply_edits, describe_edits
+from .errors import InputError, NonFiniteError
+from .inputs import (
+    as_prompt_list,
+    check_bool,
+    check_context,
+    check_integer,
+    check_number,
+    check_token_rows,
+    positions_from_mask,
+    token_ids,
+)
 
 
 # --------------------------------------------------------------------------- protocols
@@ -131,14 +141,13 @@ def truncate_probs(
 ) -> Tensor:
     """Probabilities [batch, vocab] after temperature, top-k, top-p (nucleus) and min-p
     truncation, renormalised. Shared by sampling and soft thinking."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for a distribution, got {temperature}")
+    temperature, top_k, top_p, min_p = check_truncation(temperature, top_k, top_p, min_p, positive_temperature=True)
     logits = logits.float() / temperature
-    if top_k and top_k > 0:
-        kth = torch.topk(logits, min(int(top_k), logits.shape[-1]), dim=-1).values[..., -1:]
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if min_p and min_p > 0:
+    if min_p > 0:
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     if top_p < 1.0:
         sp, idx = torch.sort(probs, dim=-1, descending=True)
@@ -164,19 +173,36 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p):
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    import math
+def check_truncation(temperature, top_k, top_p, min_p, *, positive_temperature: bool = False, what: str = ""):
+    """(temperature, top_k, top_p, min_p) checked and normalised: temperature a finite
+    number >= 0 (> 0 with `positive_temperature`), top_k an integer >= 0 (0 = off; 1.5 is
+    an error, never truncated), top_p in (0, 1], min_p in [0, 1). NaN is refused everywhere
+    (a NaN comparison would silently switch the option off)."""
+    pre = f"{what} " if what else ""
+    if positive_temperature:
+        temperature = check_number(temperature, f"{pre}temperature", "a finite number > 0", low=0.0, low_open=True)
+    else:
+        temperature = check_number(temperature, f"{pre}temperature", "a finite number >= 0 (0 = greedy)", low=0.0)
+    top_k = check_integer(top_k, f"{pre}top_k", low=0, valid="an integer >= 0 (0 = off)")
+    top_p = check_number(top_p, f"{pre}top_p", "a number in (0, 1]", low=0.0, high=1.0, low_open=True)
+    min_p = check_number(min_p, f"{pre}min_p", "a number in [0, 1)", low=0.0, high=1.0, high_open=True)
+    return temperature, top_k, top_p, min_p
 
-    if not math.isfinite(float(temperature)) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0 <= min_p < 1:
-        raise ValueError(f"min_p must be in [0, 1), got {min_p}")
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def check_seed(seed, what: str = "seed", allow_none: bool = True) -> int | None:
+    """None (when `allow_none`), or an integer torch can seed a generator with."""
+    if seed is None and allow_none:
+        return None
+    valid = f"{'None or ' if allow_none else ''}an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]"
+    return check_integer(seed, what, low=SEED_RANGE[0], high=SEED_RANGE[1], valid=valid)
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p):
+    max_new_tokens = check_integer(max_new_tokens, "max_new_tokens", low=1)
+    return (max_new_tokens, *check_truncation(temperature, top_k, top_p, min_p))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -200,18 +226,21 @@ def stop_token_ids(tokenizer: Any, hf: Any = None) -> set[int]:
     return ids
 
 
+def vocab_rows(bench) -> int:
+    """Rows of the input-embedding matrix: the valid token ids are [0, vocab_rows)."""
+    return int(bench.hf.get_input_embeddings().weight.shape[0])
+
+
 def _rows(bench, prompts, chat, system, enable_thinking) -> list[list[int]]:
-    """prompts: str | list[str] | list[list[int]] | Tensor [batch, seq] of ids (unpadded)."""
+    """prompts: str | list[str] | list[list[int]] | Tensor [batch, seq] of ids (unpadded).
+    Token ids must be integers in [0, vocabulary size): never truncated or wrapped."""
+    check_bool(chat, "chat")
     if isinstance(prompts, Tensor):
-        if prompts.ndim == 1:
-            prompts = prompts[None]
-        return [r.tolist() for r in prompts]
-    if isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (list, tuple)):
-        rows = [list(map(int, r)) for r in prompts]
-        for i, r in enumerate(rows):
-            if not r:
-                raise ValueError(f"prompt {i} has no token ids")
-        return rows
+        return check_token_rows(prompts, vocab_rows(bench))
+    if isinstance(prompts, (list, tuple)) and prompts and not isinstance(prompts[0], str) and (
+        isinstance(prompts[0], (list, tuple, Tensor)) or hasattr(prompts[0], "__iter__")
+    ):
+        return check_token_rows(prompts, vocab_rows(bench))
     plist = as_prompt_list(prompts)
     return token_ids(bench.tokenizer, plist, chat=chat, system=system, enable_thinking=enable_thinking)
 
@@ -225,14 +254,26 @@ def prefill_embeddings(bench, rows: list[list[int]], prefix: Prefix | None) -> t
     B = len(rows)
     pre = None
     if prefix is not None:
-        pre = prefix.embeddings(bench, B).to(device=dev, dtype=emb.weight.dtype)
+        if not callable(getattr(prefix, "embeddings", None)):
+            raise InputError(
+                f"prefix must be a RandomPrefix (or an object with embeddings(bench, batch_size) and placement), "
+                f"got {type(prefix).__name__} {prefix!r:.60}"
+            )
+        placement = getattr(prefix, "placement", "start")
+        if not isinstance(placement, str) or placement not in ("start", "after_bos"):
+            raise InputError(f"prefix placement must be 'start' or 'after_bos', got {placement!r}")
+        pre = prefix.embeddings(bench, B)
+        if not isinstance(pre, Tensor) or not pre.is_floating_point():
+            raise InputError(f"prefix embeddings must be a float tensor [k, d] or [batch, k, d], got {type(pre).__name__}")
+        pre = pre.to(device=dev, dtype=emb.weight.dtype)
         if pre.ndim == 2:
             pre = pre.unsqueeze(0).expand(B, -1, -1)
-        if pre.shape[0] != B or pre.shape[-1] != bench.arch.d_model:
-            raise ValueError(f"prefix embeddings have shape {tuple(pre.shape)}, expected [{B}, k, {bench.arch.d_model}]")
-        placement = getattr(prefix, "placement", "start")
-        if placement not in ("start", "after_bos"):
-            raise ValueError(f"prefix placement must be 'start' or 'after_bos', got {placement!r}")
+        if pre.ndim != 3 or pre.shape[0] != B or pre.shape[-1] != bench.arch.d_model or pre.shape[1] == 0:
+            raise InputError(f"prefix embeddings have shape {tuple(pre.shape)}, expected [{B}, k, {bench.arch.d_model}] with k >= 1")
+        if pre.device.type != "meta" and not bool(torch.isfinite(pre).all()):
+            raise NonFiniteError(
+                f"prefix embeddings contain NaN/inf (in the model's dtype {emb.weight.dtype}: is the prefix scale too large?)"
+            )
     seqs = []
     for i, r in enumerate(rows):
         e = emb(torch.as_tensor(r, device=dev))
@@ -309,26 +350,43 @@ def generate_stream(
     fast: decode on preallocated state replayed as a CUDA graph (`workbench.fastdecode`):
         "auto" on a CUDA model that supports it, True to require it (it also runs, without
         graphs, on the CPU), False for the eager transformers forward per token.
+
+    Every step's logits are checked (one fused reduction, outside any CUDA graph, read
+    with the step's own all-done flag): NaN/inf logits, or logits that collapsed to one
+    value for every token (a residual stream too large for the model's norms, e.g. a
+    steering scale of 1e30), stop the loop with `NonFiniteError` naming the step and the
+    edits, prefix and latent policy in force, or with none the weight that is not finite.
+    Arguments are checked before any forward: bad values are `InputError`s naming the
+    argument, the value and what is valid (NaN, bools, 1.5 for an integer and float token
+    ids are refused, never coerced).
     """
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
+    max_new_tokens, temperature, top_k, top_p, min_p = _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
+    seed = check_seed(seed)
+    for flag, name in ((keep_logits, "keep_logits"), (keep_hidden, "keep_hidden"), (decode_stream, "decode_stream")):
+        check_bool(flag, name)
     from . import fastdecode
 
     fastdecode.check_fast(fast)
     hf, tok = bench.hf, bench.tokenizer
+    if edits is not None and (isinstance(edits, (str, bytes, Tensor)) or not hasattr(edits, "__iter__")):
+        raise InputError(f"edits must be a list of edits (AddVector, Ablate, ...), got {type(edits).__name__} {edits!r:.60}")
     all_edits = list(edits or ()) + edits_from_steer(steer)
+    policy_steps = _check_policy(policy)
     rows = _rows(bench, prompts, chat, system, enable_thinking)
     B = len(rows)
-    extra = max_new_tokens + int(getattr(policy, "max_steps", 0) or 0)
+    V = vocab_rows(bench)
+    stop_set = _check_stop_ids(stop_ids, V)
+    extra = max_new_tokens + policy_steps
     n_prefix = 0
     embeds, mask = prefill_embeddings(bench, rows, prefix)
     n_prefix = embeds.shape[1] - max(len(r) for r in rows)
     for i, r in enumerate(rows):
         check_context(len(r) + n_prefix + extra, bench.arch.max_positions, f"prompt {i} (+{extra} new positions)")
     dev = embeds.device
-    stops = torch.tensor(sorted(stop_ids if stop_ids is not None else stop_token_ids(tok, hf)), device=dev)
+    stops = torch.tensor(sorted(stop_set if stop_set is not None else stop_token_ids(tok, hf)), dtype=torch.long, device=dev)
     gen = None
     if seed is not None:
-        gen = torch.Generator(device=dev).manual_seed(int(seed))
+        gen = torch.Generator(device=dev).manual_seed(seed)
     emb = hf.get_input_embeddings()
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
 
@@ -339,7 +397,7 @@ def generate_stream(
     if fast is True or (fast == "auto" and dev.type == "cuda"):  # (the check walks every parameter: only when it matters)
         why = fastdecode.unsupported_reason(hf)
         if why is not None and fast is True:
-            raise ValueError(f"fast=True: the fast decode path cannot run this model: {why}")
+            raise InputError(f"fast=True: the fast decode path cannot run this model: {why}")
         if why is None:
             decoder = fastdecode.decoder_for(hf, B, embeds.shape[1] + extra)
     with apply_edits(hf, all_edits) as scope:
@@ -373,6 +431,11 @@ def generate_stream(
         max_steps = extra
         for step in range(max_steps):
             logits = hf.get_output_embeddings()(h).float()
+            # one reduction per step, outside any CUDA graph (the step's graph ends at h);
+            # without a policy it is read with the all-done flag in one transfer below
+            finite = logits_usable(logits)
+            if policy is not None and not bool(finite):  # before the policy mixes NaNs into a latent
+                raise _nonfinite(bench, step, all_edits, prefix, policy, "logits", logits)
             sampled = sample_next(logits, temperature, top_k, top_p, min_p, gen)
             latent = torch.zeros(B, dtype=torch.bool, device=dev)
             forced = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -380,7 +443,7 @@ def generate_stream(
             next_tok = sampled
             dec = None
             if policy is not None:
-                dec = policy(LoopState(step, logits, h, sampled, done.clone(), bench, embed))
+                dec = _check_decision(policy(LoopState(step, logits, h, sampled, done.clone(), bench, embed)), B, bench.arch.d_model, V, step)
                 latent = dec.latent.to(dev) & ~done
                 records = dec.records
                 if dec.force is not None:
@@ -390,6 +453,11 @@ def generate_stream(
             out_tok = torch.where(done | latent, torch.full_like(next_tok, -1), next_tok)
             n_visible += visible.long()
             new_done = done | (visible & torch.isin(next_tok, stops)) | (n_visible >= max_new_tokens)
+            all_done = None
+            if policy is None:
+                ok, all_done = torch.stack((finite, new_done.all())).tolist()
+                if not ok:
+                    raise _nonfinite(bench, step, all_edits, prefix, policy, "logits", logits)
             text = None
             if decode_stream:
                 text = []
@@ -413,15 +481,15 @@ def generate_stream(
                 records=records,
             )
             done = new_done
-            if bool(done.all()):
+            if all_done if all_done is not None else bool(done.all()):
                 break
             x = embed(torch.where(latent | done, torch.full_like(next_tok, pad), next_tok))
             if latent.any():
                 if dec is None or dec.embeds is None:
-                    raise ValueError("policy marked rows latent but gave no embeddings")
+                    raise InputError(f"policy {type(policy).__name__} marked rows latent at step {step} but gave no embeddings")
                 lat = dec.embeds.to(device=dev, dtype=x.dtype)
                 if not torch.isfinite(lat[latent]).all():
-                    raise ValueError(f"latent input at step {step} contains NaN/inf")
+                    raise _nonfinite(bench, step, all_edits, prefix, policy, "the latent input")
                 x = torch.where(latent[:, None], lat, x)
             last_pos = last_pos + 1
             if decoder is not None:
@@ -430,6 +498,118 @@ def generate_stream(
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
                 hidden, cache = forward_embeds(hf, x[:, None], mask, last_pos[:, None], cache)
                 h = hidden[:, -1]
+
+
+def _check_policy(policy: Any) -> int:
+    """The loop steps a `next_input` policy may add (its `max_steps`), refusing what is not
+    a bound policy (a latent spec such as `Coconut(...)` must be bound, or run through
+    `workbench.latent.run`)."""
+    if policy is None:
+        return 0
+    if not callable(policy):
+        hint = (
+            "; it is a latent policy spec: run it with workbench.latent.run(bench, prompt, policy), or pass "
+            "policy.bind(bench, batch_size)" if callable(getattr(policy, "bind", None)) else ""
+        )
+        raise InputError(f"policy must be a callable next_input policy (LoopState -> Decision), got {type(policy).__name__}{hint}")
+    n = getattr(policy, "max_steps", 0)
+    return check_integer(0 if n is None else n, f"policy {type(policy).__name__}.max_steps", low=0)
+
+
+def _check_decision(dec: Any, B: int, d: int, V: int, step: int) -> Decision:
+    """A policy's Decision, shapes and forced ids checked (a misbehaving policy gets a
+    message naming what it returned, not a broadcasting error deep in torch)."""
+    if not isinstance(dec, Decision):
+        raise InputError(f"policy returned {type(dec).__name__} at step {step}; it must return a generate.Decision")
+    if not isinstance(dec.latent, Tensor) or dec.latent.dtype != torch.bool or tuple(dec.latent.shape) != (B,):
+        got = tuple(dec.latent.shape) if isinstance(dec.latent, Tensor) else type(dec.latent).__name__
+        raise InputError(f"policy Decision.latent at step {step} must be a bool tensor of shape ({B},), got {got}")
+    if dec.embeds is not None and (not isinstance(dec.embeds, Tensor) or tuple(dec.embeds.shape) != (B, d)):
+        got = tuple(dec.embeds.shape) if isinstance(dec.embeds, Tensor) else type(dec.embeds).__name__
+        raise InputError(f"policy Decision.embeds at step {step} must be a tensor of shape ({B}, {d}), got {got}")
+    if dec.force is not None:
+        f = dec.force
+        if not isinstance(f, Tensor) or f.is_floating_point() or f.dtype == torch.bool or tuple(f.shape) != (B,):
+            got = (f.dtype, tuple(f.shape)) if isinstance(f, Tensor) else type(f).__name__
+            raise InputError(f"policy Decision.force at step {step} must be an integer tensor of shape ({B},), got {got}")
+        bad = (f < -1) | (f >= V)
+        if bool(bad.any()):
+            raise InputError(f"policy forced token id {int(f[bad][0])} at step {step}, outside the vocabulary [0, {V}) (-1: none)")
+    return dec
+
+
+def _check_stop_ids(stop_ids: Any, V: int) -> set[int] | None:
+    if stop_ids is None:
+        return None
+    if isinstance(stop_ids, (str, bytes)) or not hasattr(stop_ids, "__iter__"):
+        raise InputError(f"stop_ids must be a set of token ids, got {type(stop_ids).__name__} {stop_ids!r:.60}")
+    return {check_integer(t, "stop_ids entry", low=0, high=V - 1, valid=f"a token id in [0, {V})") for t in stop_ids}
+
+
+def _first_nonfinite_parameter(hf: Any) -> str | None:
+    """The first parameter or buffer holding NaN/inf (only on the error path: it reads every
+    weight once)."""
+    for name, t in list(hf.named_parameters()) + list(hf.named_buffers()):
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def logits_usable(logits: Tensor) -> Tensor:
+    """0-d bool tensor: every row of logits [batch, vocab] is finite and not constant. One
+    fused reduction (aminmax); the caller decides when to read it. A constant row is what a
+    residual stream too large for the final norm gives (its squared norm overflows to inf,
+    the norm scales the hidden state to 0, every logit is 0 and argmax picks token 0): not
+    NaN, but no distribution either."""
+    lo, hi = torch.aminmax(logits, dim=-1)
+    spread = hi - lo  # NaN for any NaN, inf or NaN for any +-inf
+    return (torch.isfinite(spread) & (spread > 0)).all()
+
+
+def _nonfinite(
+    bench: Any, step: int, edits: Sequence[Any], prefix: Any, policy: Any, what: str, values: Tensor | None = None
+) -> NonFiniteError:
+    """The error for NaN/inf (or collapsed, constant) logits at `step`: names the edits in
+    force (kind, layer, scale), the prefix and the latent policy, or, with none, the weight
+    that is not finite."""
+    if values is not None and bool(torch.isfinite(values).all()):
+        return _collapsed(bench, step, edits, prefix, policy, what)
+    msg = f"{what} became NaN/inf at step {step}"
+    causes = _causes(edits, prefix)
+    if causes:
+        msg += f" with {causes} (lower the steering scale / prefix scale, or check the vectors)"
+    else:
+        bad = _first_nonfinite_parameter(bench.hf)
+        msg += (
+            f" with no edits in force: the model's weights are not finite ({bad} holds NaN/inf)" if bad is not None
+            else " with no edits in force: the model's weights or inputs are not finite, or its activations overflow "
+            f"{bench.hf.get_input_embeddings().weight.dtype}"
+        )
+    return NonFiniteError(msg + _policy_note(policy))
+
+
+def _causes(edits: Sequence[Any], prefix: Any) -> str:
+    """What may have pushed the residual stream out of range: the edits and the prefix."""
+    ctx = []
+    if edits:
+        ctx.append(f"edits in force: {describe_edits(edits)}")
+    if prefix is not None:
+        ctx.append(f"prefix: {type(prefix).__name__}(n={getattr(prefix, 'n', '?')}, scale={getattr(prefix, 'scale', '?')})")
+    return "; ".join(ctx)
+
+
+def _policy_note(policy: Any) -> str:
+    return f" (latent policy: {getattr(policy, 'method', type(policy).__name__)})" if policy is not None else ""
+
+
+def _collapsed(bench: Any, step: int, edits: Sequence[Any], prefix: Any, policy: Any, what: str) -> NonFiniteError:
+    msg = (
+        f"{what} collapsed at step {step}: every token got the same logit, the sign of a residual stream too large "
+        "for the model's norms (its squared norm overflows to inf, so the normalised state is 0)"
+    )
+    causes = _causes(edits, prefix)
+    msg += f" with {causes} (lower the steering scale / prefix scale)" if causes else " with no edits in force"
+    return NonFiniteError(msg + _policy_note(policy))
 
 
 def edits_from_steer(steer: Any) -> list:
