@@ -22,6 +22,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .errors import InputError, check_choice
+from .inputs import check_integer, check_number
+
 PLACEMENTS = ("start", "after_bos")
 
 
@@ -39,23 +42,26 @@ class RandomPrefix:
     placement: str = "start"
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n <= 0:
-            raise ValueError(f"prefix length n must be a positive integer, got {self.n!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"prefix seed must be an integer, got {self.seed!r}")
         try:
-            scale = float(self.scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"prefix scale must be a finite positive number, got {self.scale!r}") from None
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"prefix scale must be a finite positive number, got {self.scale!r}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"prefix placement must be one of {PLACEMENTS}, got {self.placement!r}")
+            n = check_integer(self.n, "prefix length n", low=1)
+        except InputError:
+            raise InputError(f"prefix length n must be a positive integer, got {self.n!r}") from None
+        object.__setattr__(self, "n", n)
+        from .generate import check_seed
+
+        object.__setattr__(self, "seed", check_seed(self.seed, "prefix seed", allow_none=False))
+        try:
+            scale = check_number(self.scale, "prefix scale", "a finite positive number", low=0.0, low_open=True)
+        except InputError:
+            raise InputError(f"prefix scale must be a finite positive number, got {self.scale!r}") from None
+        object.__setattr__(self, "scale", scale)
+        check_choice(self.placement, "prefix placement", PLACEMENTS)
 
     def vectors(self, d_model: int, embed_rms: float) -> Tensor:
         """The prefix as float32 [n, d_model] on the CPU."""
+        d_model = check_integer(d_model, "d_model", low=1)
         if not math.isfinite(float(embed_rms)) or embed_rms <= 0:
-            raise ValueError(
+            raise InputError(
                 f"the model's embedding RMS is {embed_rms!r}; a random prefix needs real (not meta) embedding weights"
             )
         g = torch.Generator().manual_seed(int(self.seed))
@@ -67,7 +73,21 @@ class RandomPrefix:
         """`Prefix` protocol: [n, d_model] in the model's dtype and device, the same vectors
         for every row of the batch."""
         emb = bench.hf.get_input_embeddings().weight
+        ctx = bench.arch.max_positions
+        if ctx and self.n >= ctx:  # refused before n x d_model numbers are drawn
+            raise InputError(f"prefix length n={self.n} does not fit the model's context of {ctx} positions with a prompt; valid: 1..{ctx - 1}")
+        self.check_scale(bench.arch.d_model, bench.arch.embed_rms)
         return self.vectors(bench.arch.d_model, bench.arch.embed_rms).to(device=emb.device, dtype=emb.dtype)
+
+    def check_scale(self, d_model: int, embed_rms: float) -> None:
+        """Refuse a scale whose vectors' squared norm overflows float32: the model's RMS
+        norms (computed in float32) would turn them into zeros, silently."""
+        limit = math.sqrt(torch.finfo(torch.float32).max / max(int(d_model), 1)) / float(embed_rms) * 0.5
+        if math.isfinite(limit) and self.scale > limit:
+            raise InputError(
+                f"prefix scale {self.scale:g} is too large for this model: the squared norm of its vectors would overflow "
+                f"float32 and the model's norms would zero them; valid: a finite number in (0, {limit:.3g}]"
+            )
 
     def positions(self) -> tuple[int, ...]:
         """Sequence positions the prefix occupies in a prefixed prompt."""
@@ -105,6 +125,11 @@ def prefixed_batch(bench: Any, prompts: str | Sequence[str], prefix: RandomPrefi
     from .generate import prefill_embeddings
     from .inputs import as_prompt_list, check_context, positions_from_mask, token_ids
 
+    from .inputs import check_bool
+
+    if prefix is not None and not isinstance(prefix, RandomPrefix) and not callable(getattr(prefix, "embeddings", None)):
+        raise InputError(f"prefix must be a RandomPrefix or None, got {type(prefix).__name__} {prefix!r:.60}")
+    check_bool(chat, "chat")
     rows = token_ids(bench.tokenizer, as_prompt_list(prompts), chat=chat)
     with torch.no_grad():
         embeds, mask = prefill_embeddings(bench, rows, prefix)
@@ -126,11 +151,16 @@ def capture(
 ):
     """Residuals at `layers` for prefixed prompts, through the one trace (`trace_batch`);
     the same `Activations` as `workbench.capture` (position indices count prefix positions)."""
-    from .trace import Activations, _check_positions, check_layers, trace_batch
+    from .edits import validate_edits
+    from .inputs import check_bool
+    from .trace import Activations, _check_positions, check_layers, check_positions_fit, trace_batch
 
     layer_list = check_layers(bench, layers)
     positions = _check_positions(positions)
+    check_bool(want_logits, "want_logits")
+    validate_edits(edits, bench.arch.n_layers, bench.arch.d_model)
     batch = prefixed_batch(bench, prompts, prefix, chat=chat)
+    check_positions_fit(positions, batch.lengths.tolist())
     data, logits = trace_batch(bench, batch, layer_list, positions, edits, want_logits)
     return Activations(
         data=data,
@@ -168,11 +198,11 @@ class PrefixEval:
     def __post_init__(self) -> None:
         P = len(self.problem_ids)
         if tuple(self.solved.shape) != (len(self.seeds), P):
-            raise ValueError(f"solved has shape {tuple(self.solved.shape)}, expected ({len(self.seeds)}, {P})")
+            raise InputError(f"solved has shape {tuple(self.solved.shape)}, expected ({len(self.seeds)}, {P})")
         if tuple(self.baseline_solved.shape) != (P,):
-            raise ValueError(f"baseline_solved has shape {tuple(self.baseline_solved.shape)}, expected ({P},)")
+            raise InputError(f"baseline_solved has shape {tuple(self.baseline_solved.shape)}, expected ({P},)")
         if self.sampled_solved.ndim != 2 or self.sampled_solved.shape[1] != P:
-            raise ValueError(f"sampled_solved has shape {tuple(self.sampled_solved.shape)}, expected (n_samples, {P})")
+            raise InputError(f"sampled_solved has shape {tuple(self.sampled_solved.shape)}, expected (n_samples, {P})")
 
     @property
     def per_seed_accuracy(self) -> list[float]:
@@ -240,20 +270,30 @@ def evaluate_prefix(
     without a prefix at `temperature` / `top_p` (sampling seed i for run i)."""
     from .evaluate import solve
 
-    seeds = [int(s) for s in seeds]
+    from .generate import check_seed, check_truncation
+    from .inputs import check_bool
+
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise InputError(f"seeds must be a list of integer prefix seeds, got {seeds!r}")
+    seeds = [check_seed(s, f"seeds[{i}]", allow_none=False) for i, s in enumerate(seeds)]
     if not seeds:
-        raise ValueError("seeds is empty: give at least one prefix seed")
+        raise InputError("seeds is empty: give at least one prefix seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
-    n_samples = len(seeds) if n_samples is None else int(n_samples)
-    if n_samples < 0:
-        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
-    if n_samples and not (math.isfinite(float(temperature)) and temperature > 0):
-        raise ValueError(f"sampled runs need a temperature > 0, got {temperature!r}")
+        raise InputError(f"seeds must be distinct, got {seeds}")
+    n_samples = len(seeds) if n_samples is None else check_integer(n_samples, "n_samples", low=0)
+    temperature = check_number(temperature, "temperature", "a finite number >= 0", low=0.0)
+    if n_samples and not temperature > 0:
+        raise InputError(f"sampled runs need a temperature > 0, got {temperature!r} (or n_samples=0)")
+    check_truncation(temperature, 0, top_p, 0.0)
+    check_integer(max_new_tokens, "max_new_tokens", low=1)
+    check_integer(batch_size, "batch_size", low=1)
+    check_bool(chat, "chat")
     prefixes = [RandomPrefix(n=n, seed=s, scale=scale, placement=placement) for s in seeds]  # validates first
+    if isinstance(problems, (str, bytes)) or not hasattr(problems, "__iter__"):
+        raise InputError(f"problems must be a list of tasks.Problem, got {type(problems).__name__}")
     problems = list(problems)
     if not problems:
-        raise ValueError("problems is empty")
+        raise InputError("problems is empty")
     kw = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, chat=chat, **generate_kwargs)
 
     def run(label: str, **extra):

@@ -41,6 +41,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .errors import InputError, NonFiniteError
+from .inputs import check_integer, check_number
 from .memory import available_memory
 
 DEFAULT_EPS = 0.3
@@ -66,19 +68,20 @@ def _forward_one(bench: Any, embeds: Tensor) -> None:
     )
 
 def check_eps(eps: float) -> float:
-    """eps as a float in the open interval (0, 1), or a ValueError."""
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a number in (0, 1), got {eps!r}") from None
-    if not (0.0 < e < 1.0):
-        raise ValueError(f"eps must be in the open interval (0, 1), got {eps!r}")
-    return e
+    """eps as a float in the open interval (0, 1), or an InputError (NaN, bools and strings
+    are refused)."""
+    if isinstance(eps, bool) or isinstance(eps, str) or eps is None:
+        raise InputError(f"eps must be a number in the open interval (0, 1), got {eps!r}")
+    return check_number(eps, "eps", "a number in the open interval (0, 1)", low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def _check_attn(A: Tensor) -> int:
+    if not isinstance(A, Tensor):
+        raise InputError(f"attention must be a tensor [..., T, T], got {type(A).__name__}")
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"attention must be [..., T, T] (square over queries x keys), got shape {tuple(A.shape)}")
+        raise InputError(f"attention must be [..., T, T] (square over queries x keys), got shape {tuple(A.shape)}")
+    if A.shape[-1] == 0:
+        raise InputError("attention is empty (T = 0)")
     return A.shape[-1]
 
 
@@ -86,13 +89,16 @@ def alpha(A: Tensor, key: int = 0) -> Tensor:
     """Gu et al.'s sink score of key position `key`: mean over queries t >= key of A[..., t, key].
     A: [..., T, T] -> [...]."""
     T = _check_attn(A)
+    key = check_integer(key, "key position")
     if not 0 <= key < T:
-        raise ValueError(f"key position {key} is outside a sequence of {T} tokens")
+        raise InputError(f"key position {key} is outside a sequence of {T} tokens; valid: 0..{T - 1}")
     return A[..., key:, key].float().mean(-1)
 
 
 def alpha_keys(A: Tensor, k: int) -> Tensor:
     """alpha_j for key positions j = 0..k-1: [..., T, T] -> [..., k]."""
+    T = _check_attn(A)
+    k = check_integer(k, f"k (key positions, 1..{T})", low=1, high=T)
     return torch.stack([alpha(A, j) for j in range(k)], dim=-1)
 
 
@@ -100,8 +106,9 @@ def key_share(A: Tensor, k: int) -> Tensor:
     """Attention each of the first k keys receives, averaged over the queries t >= k (the
     ones that can see all k): [..., T, T] -> [..., k]. Sums to the mass on the first k keys."""
     T = _check_attn(A)
+    k = check_integer(k, "k")
     if not 0 < k < T:
-        raise ValueError(f"k must be in [1, {T - 1}] for a sequence of {T} tokens, got {k}")
+        raise InputError(f"k must be in [1, {T - 1}] for a sequence of {T} tokens, got {k}")
     return A[..., k:, :k].float().mean(-2)
 
 
@@ -114,6 +121,8 @@ def sink_rate(alpha0: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """Share of heads (last dim) whose alpha_0 exceeds eps: [..., heads] -> [...]. A layer
     without softmax attention (alpha NaN) gives NaN."""
     eps = check_eps(eps)
+    if not isinstance(alpha0, Tensor) or alpha0.ndim < 1:
+        raise InputError(f"alpha0 must be a tensor [..., heads], got {type(alpha0).__name__}")
     rate = (alpha0 > eps).float().mean(-1)
     return torch.where(torch.isnan(alpha0).any(-1), torch.full_like(rate, float("nan")), rate)
 
@@ -121,6 +130,10 @@ def sink_rate(alpha0: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
 def norm_ratio(hidden: Tensor, k: int = 1) -> Tensor:
     """Massive activations: L2 norm of the residual at positions 0..k-1 divided by the median
     norm over all positions. hidden: [..., T, d] -> [..., k]."""
+    if not isinstance(hidden, Tensor) or hidden.ndim < 2:
+        raise InputError(f"hidden must be a tensor [..., T, d], got {type(hidden).__name__}")
+    T = hidden.shape[-2]
+    k = check_integer(k, f"k (leading positions, 1..{T})", low=1, high=max(T, 1))
     norms = hidden.float().norm(dim=-1)
     med = norms.median(dim=-1, keepdim=True).values
     return norms[..., :k] / med
@@ -158,6 +171,7 @@ class SinkReport:
     tokens: list[list[str]] = field(default_factory=list)
     prefix_positions: tuple[int, ...] = ()
     model: str = ""
+    k_requested: int | None = None  # the k asked for, when `inspect` raised it to cover a prefix
 
     def __post_init__(self) -> None:
         P, L, H = self.alpha.shape
@@ -169,9 +183,9 @@ class SinkReport:
         }
         for name, shape in want.items():
             if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(f"SinkReport.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
+                raise InputError(f"SinkReport.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
         if len(self.layer_types) != L:
-            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {L} layers")
+            raise InputError(f"layer_types has {len(self.layer_types)} entries for {L} layers")
         check_eps(self.eps)
 
     @property
@@ -199,10 +213,14 @@ class SinkReport:
 
     def mass_on(self, positions: Sequence[int]) -> Tensor:
         """[P, L, H] attention mass on the given key positions (each < k), queries t >= k."""
-        positions = list(positions)
+        if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+            raise InputError(f"positions must be a list of key positions in 0..{self.k - 1}, got {positions!r}")
+        positions = [check_integer(p, "key position") for p in positions]
+        if not positions:
+            raise InputError(f"positions is empty; give key positions in 0..{self.k - 1}")
         for p in positions:
             if not 0 <= p < self.k:
-                raise ValueError(f"position {p} is not tracked: this report tracks key positions 0..{self.k - 1}")
+                raise InputError(f"position {p} is not tracked: this report tracks key positions 0..{self.k - 1}")
         return self.key_share[..., positions].sum(-1)
 
     @property
@@ -224,7 +242,22 @@ class SinkReport:
             "mean_first_k_mass": float(nanmean(self.first_k_mass)),
             "max_first_token_ratio": float(self.first_token_ratio.max()),
             "prefix_positions": list(self.prefix_positions),
+            "k": self.k,
+            "k_requested": self.k if self.k_requested is None else self.k_requested,
+            **({"k_note": self.k_note} if self.k_note else {}),
         }
+
+    @property
+    def k_note(self) -> str:
+        """Why k differs from the k asked for ("" when it does not)."""
+        if self.k_requested is None or self.k_requested == self.k:
+            return ""
+        if self.prefix_positions:
+            return (
+                f"k raised from the requested {self.k_requested} to {self.k} to track the prefix at positions "
+                f"{list(self.prefix_positions)} and the token after it"
+            )
+        return f"k raised from the requested {self.k_requested} to {self.k} to match the prefixed run it is compared with"
 
     def table(self) -> str:
         """Per-layer text table (means over prompts)."""
@@ -239,6 +272,8 @@ class SinkReport:
             else:
                 lines.append(f"{l:>5} {t:>17} {float(rate[l]):>9.3f} {float(a0[l]):>7.3f} {float(mass[l]):>7.3f} {float(ratio[l]):>9.2f}")
         lines.append(f"sink rate (eps={self.eps}): {self.mean_sink_rate:.3f}")
+        if self.k_note:
+            lines.append(self.k_note)
         return "\n".join(lines)
 
 
@@ -372,17 +407,24 @@ def _prompt_inputs(bench, prompt, *, chat: bool, prefix) -> tuple[Tensor, list[s
     from .generate import prefill_embeddings
     from .inputs import check_context, token_ids
 
+    from .generate import vocab_rows
+    from .inputs import check_token_rows
+
     if isinstance(prompt, str):
         if not prompt:
-            raise ValueError("prompt is an empty string")
+            raise InputError("prompt is an empty string")
         ids = token_ids(bench.tokenizer, [prompt], chat=chat)[0]
+    elif prompt is None or isinstance(prompt, (bytes, int, float)) or not hasattr(prompt, "__iter__"):
+        raise InputError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__} {prompt!r:.60}")
     else:
-        ids = [int(i) for i in prompt]
+        ids = check_token_rows([prompt], vocab_rows(bench))[0]
     if not ids:
-        raise ValueError("prompt tokenises to zero tokens")
+        raise InputError("prompt tokenises to zero tokens")
     toks = [bench.tokenizer.decode([i]) for i in ids]
     ppos: tuple[int, ...] = ()
     if prefix is not None:
+        if not callable(getattr(prefix, "embeddings", None)):
+            raise InputError(f"prefix must be a RandomPrefix or None, got {type(prefix).__name__} {prefix!r:.60}")
         n = int(prefix.embeddings(bench, 1).shape[-2])
         start = 1 if getattr(prefix, "placement", "start") == "after_bos" else 0
         ppos = tuple(range(start, start + n))
@@ -396,10 +438,16 @@ def _prompt_inputs(bench, prompt, *, chat: bool, prefix) -> tuple[Tensor, list[s
 def _as_list(prompts) -> list:
     if isinstance(prompts, str):
         return [prompts]
+    if isinstance(prompts, Tensor):
+        prompts = prompts.tolist() if not prompts.is_floating_point() else [prompts.tolist()]
+        if prompts and not isinstance(prompts[0], list):
+            prompts = [prompts]
+    if prompts is None or isinstance(prompts, (bytes, int, float, dict)) or not hasattr(prompts, "__iter__"):
+        raise InputError(f"prompts must be a string, a list of strings or token-id lists, got {type(prompts).__name__} {prompts!r:.60}")
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt")
-    if prompts and isinstance(prompts[0], int):
+        raise InputError("prompts is empty: give at least one prompt")
+    if not isinstance(prompts[0], (str, list, tuple, Tensor)):  # one row of token ids
         return [prompts]
     return prompts
 
@@ -418,22 +466,32 @@ def inspect(
 ) -> SinkReport:
     """Sink statistics for each prompt (text, or token-id rows), one forward per prompt with
     bounded memory (see the module docstring). `k` leading key positions are tracked (raised
-    to cover a prefix and the token after it). With `prefix` (a `RandomPrefix`), its vectors
+    to cover a prefix and the token after it; the report says so: `k_requested`, `k_note`,
+    and `k` / `k_requested` in its summary). With `prefix` (a `RandomPrefix`), its vectors
     are inserted exactly as the generation loop inserts them."""
+    from .inputs import check_bool
+
     eps = check_eps(eps)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer (key positions to track), got {k!r}")
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    try:
+        k = check_integer(k, "k", low=1)
+    except InputError:
+        raise InputError(f"k must be a positive integer (key positions to track), got {k!r}") from None
+    chunk_bytes = check_integer(chunk_bytes, "chunk_bytes (attention workspace per chunk, bytes)", low=1)
+    check_bool(chat, "chat")
+    check_bool(progress, "progress")
     plist = _as_list(prompts)
     a = bench.arch
     inputs = [_prompt_inputs(bench, p, chat=chat, prefix=prefix) for p in plist]  # validate all first
     ppos = inputs[0][2]
+    k_requested = k
     if ppos:
-        k = max(k, max(ppos) + 2)
+        k = max(k, max(ppos) + 2)  # reported: SinkReport.k_requested / k_note
     for i, (emb, _t, _pp) in enumerate(inputs):
         if emb.shape[1] <= k:
-            raise ValueError(f"prompt {i} has {emb.shape[1]} positions; sink statistics over the first {k} keys need at least {k + 1}")
+            raise InputError(
+                f"prompt {i} has {emb.shape[1]} positions; sink statistics over the first {k} keys need at least {k + 1}"
+                + (f" (k={k_requested} raised to {k} to cover the prefix)" if k != k_requested else "")
+            )
     layer_of = _attention_modules(bench)
     P, L, H = len(plist), a.n_layers, a.n_heads
     nan = float("nan")
@@ -469,6 +527,7 @@ def inspect(
             share[i, l] = rec.late[l] / (T - k)
         for l, nrm in norms.items():
             ratio[i, l] = nrm[:k] / nrm.median()
+        _check_finite_sinks(bench, i, {l: rec.colsum[l] for l in rec.colsum}, norms, prefix)
     return SinkReport(
         alpha=alpha_keys_t[..., 0].clone(),
         alpha_keys=alpha_keys_t,
@@ -482,7 +541,22 @@ def inspect(
         tokens=[t for _e, t, _p in inputs],
         prefix_positions=ppos,
         model=getattr(bench, "name", ""),
+        k_requested=k_requested,
     )
+
+
+def _check_finite_sinks(bench: Any, i: int, colsum: dict, norms: dict, prefix: Any) -> None:
+    """NonFiniteError when prompt i's attention or residual norms hold NaN/inf (NaN weights
+    or an overflowing prefix), instead of NaNs that read like 'no softmax attention'."""
+    bad = [l for l, t in sorted(colsum.items()) if not bool(torch.isfinite(t).all())]
+    bad += [l for l, t in sorted(norms.items()) if not bool(torch.isfinite(t).all()) and l not in bad]
+    bad = sorted(bad)
+    if bad:
+        why = (
+            f"with prefix {type(prefix).__name__}(n={getattr(prefix, 'n', '?')}, scale={getattr(prefix, 'scale', '?')})"
+            if prefix is not None else "with no prefix: the model's weights or inputs are not finite"
+        )
+        raise NonFiniteError(f"attention or residual norms of prompt {i} became NaN/inf at layer(s) {bad} {why}")
 
 
 # --------------------------------------------------------------------------- full-matrix reference
@@ -492,6 +566,7 @@ def full_attention_bytes(bench: Any, n_tokens: int, layers: Sequence[int] | None
     """Bytes to keep [heads, T, T] attention for `layers` (default: every attention layer)
     in the model's dtype, plus one layer's float32 softmax workspace (scores + probs)."""
     a = bench.arch
+    n_tokens = check_integer(n_tokens, "n_tokens", low=1)
     n = len(a.attention_layers if layers is None else layers)
     item = torch.finfo(bench.dtype).bits // 8
     return n * a.n_heads * n_tokens**2 * item + 2 * a.n_heads * n_tokens**2 * 4
@@ -507,10 +582,12 @@ def attention_patterns(
     a = bench.arch
     att = list(a.attention_layers)
     if layers is not None:
-        layers = [a.check_layer(l) for l in layers]
+        from .trace import check_layers
+
+        layers = check_layers(bench, layers)
         bad = [l for l in layers if l not in att]
         if bad:
-            raise ValueError(f"layers {bad} have no softmax attention; attention layers: {att}")
+            raise InputError(f"layers {bad} have no softmax attention; attention layers: {att}")
         att = sorted(set(layers))
     embeds, _toks, _pp = _prompt_inputs(bench, prompt, chat=chat, prefix=prefix)
     T = embeds.shape[1]
@@ -563,6 +640,11 @@ class PrefixSinkComparison:
     with_prefix: SinkReport
     prefix_positions: tuple[int, ...]
     first_token_position: int
+    k_requested: int | None = None  # the k asked for; `k` the k both reports track
+
+    @property
+    def k(self) -> int:
+        return self.with_prefix.k
 
     @property
     def bos_mass_without(self) -> Tensor:
@@ -596,18 +678,33 @@ class PrefixSinkComparison:
             "mean_prefix_mass": float(nanmean(pl["prefix_mass"])),
             "sink_rate_without": self.without.mean_sink_rate,
             "sink_rate_with": self.with_prefix.mean_sink_rate,
+            "k": self.k,
+            "k_requested": self.k if self.k_requested is None else self.k_requested,
+            **({"k_note": self.with_prefix.k_note} if self.with_prefix.k_note else {}),
         }
 
 
 def compare_prefix(
     bench: Any, prompts: str | Sequence[str], prefix: Any, eps: float = DEFAULT_EPS, *, k: int = 4, chat: bool = False, progress: bool = False
 ) -> PrefixSinkComparison:
-    """Inspect `prompts` without and with `prefix`: how much sink mass moves to the prefix."""
-    if prefix is None:
-        raise ValueError("compare_prefix needs a prefix (workbench.prefix.RandomPrefix)")
+    """Inspect `prompts` without and with `prefix`: how much sink mass moves to the prefix.
+
+    Both runs track the same `k` keys, at least the prefix and the token after it (n + 2):
+    a smaller `k` is raised and reported as such (`k_requested` and `k` in the summaries,
+    `k_note` saying why), never passed off as the k asked for."""
+    if prefix is None or not callable(getattr(prefix, "embeddings", None)):
+        raise InputError(f"compare_prefix needs a prefix (workbench.prefix.RandomPrefix), got {prefix!r:.60}")
+    eps = check_eps(eps)
+    try:
+        k_requested = check_integer(k, "k", low=1)
+    except InputError:
+        raise InputError(f"k must be a positive integer (key positions to track), got {k!r}") from None
     n = int(prefix.embeddings(bench, 1).shape[-2])
-    k = max(k, n + 2)
+    first = n if getattr(prefix, "placement", "start") == "start" else 0
+    # both runs track the same keys: the prefix and the token after it (the with-prefix run
+    # needs n + 2 keys with placement "after_bos"); k_requested / k_note say so
+    k = max(k_requested, n + 2)
     with_p = inspect(bench, prompts, eps, k=k, chat=chat, prefix=prefix, progress=progress)
     without = inspect(bench, prompts, eps, k=k, chat=chat, progress=progress)
-    first = n if getattr(prefix, "placement", "start") == "start" else 0
-    return PrefixSinkComparison(without, with_p, with_p.prefix_positions, first)
+    with_p.k_requested = without.k_requested = k_requested
+    return PrefixSinkComparison(without, with_p, with_p.prefix_positions, first, k_requested=k_requested)
