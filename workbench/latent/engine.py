@@ -10,7 +10,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..generate import _rows, generate_stream
+from ..inputs import check_bool, check_integer
 from .policies import THINK_CLOSE, stop_ids, token_id
 
 
@@ -86,9 +88,9 @@ class LatentTrace:
 
     def __post_init__(self):
         if self.exit is not None and self.exit not in ("self_exit", "maxed", "fixed"):
-            raise ValueError(f"exit must be self_exit, maxed or fixed, got {self.exit!r}")
+            raise InputError(f"exit must be self_exit, maxed or fixed, got {self.exit!r}")
         if len(self.steps) != self.latent_steps:
-            raise ValueError("LatentTrace: steps and latent_steps disagree")
+            raise InputError("LatentTrace: steps and latent_steps disagree")
 
     def table(self, tokenizer: Any, k: int = 5) -> str:
         """Plain-text per-step readout: norm ratio, entropy, top next tokens, nearest tokens,
@@ -136,12 +138,24 @@ class LatentUpdate:
 
 def _is_single(x: Any) -> bool:
     """One prompt (a string, one id list, a 1-D tensor) rather than a batch."""
-    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], int)) or (isinstance(x, Tensor) and x.ndim == 1)
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and not isinstance(x[0], (str, list, tuple, Tensor))) or (isinstance(x, Tensor) and x.ndim == 1)
+
+
+def _check_policy_spec(policy: Any) -> None:
+    if not callable(getattr(policy, "bind", None)) or not callable(getattr(policy, "with_steps", None)):
+        raise InputError(
+            "policy must be a latent policy spec (Coconut, ProjectionHead, LatentHead, SoftThinking, PauseTokens, "
+            f"or what load_policy returns), got {type(policy).__name__} {policy!r:.60}"
+        )
 
 
 def _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking):
-    if isinstance(prompt_or_ids, (list, tuple)) and prompt_or_ids and isinstance(prompt_or_ids[0], int):
-        prompt_or_ids = [list(prompt_or_ids)]
+    _check_policy_spec(policy)
+    check_bool(chat, "chat")
+    # steps=None keeps the policy's own count; anything else goes through the policy's
+    # with_steps, which refuses 0, 1.5 and True naming the policy (0 is never "the default")
+    if isinstance(prompt_or_ids, (list, tuple)) and prompt_or_ids and not isinstance(prompt_or_ids[0], (str, list, tuple, Tensor)):
+        prompt_or_ids = [list(prompt_or_ids)]  # one row of ids (its entries are checked as token ids)
     if enable_thinking is None and chat:
         enable_thinking = _default_thinking(bench)
     rows = _rows(bench, prompt_or_ids, chat, system, enable_thinking)
@@ -179,6 +193,10 @@ def run_stream(
     `done=True` and the finished traces (always a list). Same arguments as `run`, plus
     `decode_text` (default True): decode every row's visible text at every step for the
     updates; `run` turns it off, since it only needs the final texts."""
+    check_bool(readout, "readout")
+    check_bool(decode_text, "decode_text")
+    k = check_integer(k, "k", low=1)
+    n_candidates = check_integer(n_candidates, "n_candidates", low=1)
     rows, spec, runner = _prepare(bench, prompt_or_ids, policy, steps, chat, system, enable_thinking)
     B = len(rows)
     stops = stop_ids(bench)
@@ -300,6 +318,8 @@ def fed_embeddings(bench: Any, trace: LatentTrace, upto: int | None = None) -> T
     """The input-embedding sequence [T, d] the model saw: the prompt, then every fed loop
     step (latent vectors at their positions, markers and visible tokens as embeddings) up
     to loop step `upto` (exclusive; default all but the last, which is never fed)."""
+    if upto is not None:
+        upto = check_integer(upto, "upto", low=0, high=len(trace.fed))
     emb = bench.hf.get_input_embeddings()
     dev = emb.weight.device
     parts = [emb(torch.as_tensor(trace.prompt_ids, device=dev))]

@@ -166,16 +166,29 @@ def evaluate(
     is bound once first, so a bad head or option fails before any generation. Writes
     `results.jsonl`, `summary.json` and `summary.txt` into `out_dir` when given.
     `wall_time` per row is its batch's time divided by the batch size."""
+    from ..errors import InputError, check_writable_target
+    from ..inputs import check_bool, check_integer
+
+    if isinstance(problems, (str, bytes)) or not hasattr(problems, "__len__"):
+        raise InputError(f"problems must be a list of tasks.Problem, got {type(problems).__name__}")
     if not problems:
-        raise ValueError("no problems to evaluate")
+        raise InputError("no problems to evaluate")
+    if not isinstance(methods, dict):
+        raise InputError(f"methods must be a dict of name -> latent policy or 'cot' / 'no_think', got {type(methods).__name__}")
     if not methods:
-        raise ValueError("no methods to evaluate")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise InputError("no methods to evaluate")
+    batch_size = check_integer(batch_size, "batch_size", low=1)
+    max_new_tokens = check_integer(max_new_tokens, "max_new_tokens", low=1)
+    think_budget = check_integer(think_budget, "think_budget", low=0)
+    check_bool(progress, "progress")
+    if out_dir is not None:
+        check_writable_target(out_dir, "out_dir")  # before any generation
     for name, m in methods.items():
         if isinstance(m, str):
             if m not in BASELINES:
-                raise ValueError(f"method {name!r}: unknown baseline {m!r}; valid: {', '.join(BASELINES)} or a latent policy")
+                raise InputError(f"method {name!r}: unknown baseline {m!r}; valid: {', '.join(BASELINES)} or a latent policy")
+        elif not callable(getattr(m, "bind", None)):
+            raise InputError(f"method {name!r} must be a latent policy spec or one of {', '.join(BASELINES)}, got {type(m).__name__} {m!r:.60}")
         else:
             m.bind(bench, 1)
     from tqdm.auto import tqdm

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..generate import Decision, LoopState, PromptState, truncate_probs
+from ..errors import FileFormatError, InputError, NonFiniteError
+from ..generate import Decision, LoopState, PromptState, check_truncation, truncate_probs
+from ..inputs import check_number
 from .heads import (
     LATENT_HEAD_FILE,
     PROJECTION_FILE,
@@ -77,8 +80,8 @@ def think_close_id(tokenizer: Any, explicit: int | None = None, vocab_size: int 
     """`</think>`'s id: `explicit` when given (checked against the vocabulary), else the
     tokenizer's own, else None."""
     if explicit is not None:
-        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 0 or (vocab_size and explicit >= vocab_size):
-            raise ValueError(f"think_close_token_id must be a token id in [0, {vocab_size}), got {explicit!r}")
+        if not _is_int(explicit) or explicit < 0 or (vocab_size and explicit >= vocab_size):
+            raise InputError(f"think_close_token_id must be a token id in [0, {vocab_size}), got {explicit!r}")
         return int(explicit)
     return token_id(tokenizer, THINK_CLOSE)
 
@@ -86,7 +89,7 @@ def think_close_id(tokenizer: Any, explicit: int | None = None, vocab_size: int 
 def require_think_close(bench: Any, method: str, explicit: int | None = None) -> int:
     tid = think_close_id(bench.tokenizer, explicit, bench.arch.vocab_size)
     if tid is None:
-        raise ValueError(
+        raise InputError(
             f"{method} needs a {THINK_CLOSE!r} token, but the tokenizer of {bench.name!r} has none; "
             "use a thinking model (e.g. qwen3.5-tiny) or pass think_close_token_id explicitly"
         )
@@ -98,25 +101,83 @@ def marker_id(bench: Any, marker: str | int | None, what: str) -> int | None:
     if marker is None:
         return None
     V = bench.arch.vocab_size
-    if isinstance(marker, bool):
-        raise ValueError(f"{what} must be a token string or id, got {marker!r}")
-    if isinstance(marker, int):
+    _check_marker(marker, what)
+    if _is_int(marker):
         if not 0 <= marker < V:
-            raise ValueError(f"{what} id {marker} is outside the vocabulary [0, {V})")
-        return marker
+            raise InputError(f"{what} id {marker} is outside the vocabulary [0, {V})")
+        return int(marker)
     tid = token_id(bench.tokenizer, marker)
     if tid is not None:
         return tid
     ids = bench.tokenizer.encode(marker, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"{what} {marker!r} is not a single token of this tokenizer (it encodes to {len(ids)} tokens)")
+        raise InputError(f"{what} {marker!r} is not a single token of this tokenizer (it encodes to {len(ids)} tokens)")
     return int(ids[0])
 
 
+def _is_int(value: Any) -> bool:
+    """An int (numpy ints too), not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    try:
+        import numpy as np
+
+        return isinstance(value, np.integer)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _check_marker(marker: Any, what: str) -> None:
+    if marker is not None and not (isinstance(marker, str) or _is_int(marker)):
+        raise InputError(f"{what} must be a token string or a token id (an integer), got {type(marker).__name__} {marker!r:.60}")
+    if isinstance(marker, str) and not marker:
+        raise InputError(f"{what} is an empty string; give a token string or id, or None for no marker")
+
+
 def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
+    """`value` as an int >= minimum; bools, NaN, strings and non-integral floats (1.5) are
+    refused, never truncated (2.0 is 2)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _is_int(value) or value < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_tensors(tensors: Any, what: str) -> dict:
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()):
+        raise InputError(f"{what} tensors must be a dict of name -> tensor, got {type(tensors).__name__}")
+    return tensors
+
+
+def _validated(fn, path: str, *args):
+    """Run a head builder from `heads` (which raises ValueError listing every mismatch) and
+    re-raise as FileFormatError when the tensors came from a file (the message names it),
+    else InputError."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        if isinstance(e, (InputError, FileFormatError)):
+            raise
+        raise (FileFormatError if path else InputError)(str(e)) from None
+
+
+def _check_batch(batch_size: Any) -> int:
+    return _positive_int(batch_size, "batch_size")
+
+
+def _check_pairing(pairing: Any) -> str:
+    if not isinstance(pairing, str) or pairing not in ("next", "same"):
+        raise InputError(f"pairing must be 'next' (token t+1 with hidden t) or 'same' (token t with hidden t), got {pairing!r}")
+    return pairing
+
+
+def _nonneg_id(v: Any) -> int:
+    if not _is_int(v) or v < 0:
+        raise InputError(f"think_close_token_id must be a token id (an integer >= 0), got {v!r}")
+    return int(v)
 
 
 # --------------------------------------------------------------------------- the runner
@@ -211,7 +272,7 @@ class Runner:
             embeds = embeds.to(device=dev)
             if not torch.isfinite(embeds[need]).all():
                 bad = [i for i in range(B) if bool(need[i]) and not bool(torch.isfinite(embeds[i]).all())]
-                raise ValueError(f"{self.method}: latent vector at step {[self.n_steps[i] for i in bad]} of row(s) {bad} contains NaN/inf")
+                raise NonFiniteError(f"{self.method}: latent vector at step {[self.n_steps[i] for i in bad]} of row(s) {bad} contains NaN/inf")
             if self._current is None:
                 self._current = torch.zeros_like(embeds)
             self._current = torch.where(need[:, None], embeds, self._current)
@@ -258,13 +319,19 @@ class Coconut:
     stop: str | None = None
     name = "coconut"
 
+    def __post_init__(self):
+        object.__setattr__(self, "steps", _positive_int(self.steps, "coconut steps"))
+        if self.stop is not None and (not isinstance(self.stop, str) or self.stop != "self_exit"):
+            raise InputError(f"coconut stop must be None or 'self_exit', got {self.stop!r}")
+        _check_marker(self.begin, "coconut begin marker")
+        _check_marker(self.end, "coconut end marker")
+
     def with_steps(self, steps: int) -> "Coconut":
         return dataclasses.replace(self, steps=steps)
 
     def bind(self, bench: Any, batch_size: int) -> Runner:
+        batch_size = _check_batch(batch_size)
         steps = _positive_int(self.steps, "coconut steps")
-        if self.stop not in (None, "self_exit"):
-            raise ValueError(f"coconut stop must be None or 'self_exit', got {self.stop!r}")
         close = require_think_close(bench, "coconut with stop='self_exit'") if self.stop else None
         return _HiddenRunner(
             bench, batch_size, max_positions=steps, begin_id=marker_id(bench, self.begin, "coconut begin marker"),
@@ -294,8 +361,15 @@ class ProjectionHead:
     path: str = ""
     name = "projection"
 
+    def __post_init__(self):
+        _check_tensors(self.tensors, "projection head")
+        object.__setattr__(self, "steps", _positive_int(self.steps, "projection-head steps"))
+        _check_marker(self.end, "end marker")
+
     @staticmethod
     def load(path: str, steps: int = 6, end: str | int | None = None) -> "ProjectionHead":
+        steps = _positive_int(steps, "projection-head steps")  # before reading the file
+        _check_marker(end, "end marker")
         f = HeadFile.read(path, PROJECTION_FILE)
         return ProjectionHead(f.tensors, steps=steps, end=end, path=f.path)
 
@@ -304,10 +378,11 @@ class ProjectionHead:
 
     def module(self, bench: Any):
         p = next(bench.hf.parameters())
-        mod = projection_from_tensors(self.tensors, bench.arch.d_model, f"projection head {self.path or '(tensors)'}")
+        mod = _validated(projection_from_tensors, self.path, self.tensors, bench.arch.d_model, f"projection head {self.path or '(tensors)'}")
         return mod.to(device=p.device, dtype=p.dtype)
 
     def bind(self, bench: Any, batch_size: int) -> Runner:
+        batch_size = _check_batch(batch_size)
         steps = _positive_int(self.steps, "projection-head steps")
         r = _ProjectionRunner(bench, batch_size, max_positions=steps, end_id=marker_id(bench, self.end, "end marker"))
         r.proj = self.module(bench)
@@ -355,32 +430,58 @@ class LatentHead:
     ) -> "LatentHead":
         f = HeadFile.read(path, LATENT_HEAD_FILE)
         cfg = f.config
+        from .heads import ADAPTER_CONFIG
+
+        src = f"{Path(f.path).parent / ADAPTER_CONFIG}"
+
+        def field(name: str, given: Any, default: Any, check) -> Any:
+            """The argument when given, else the adapter config's value, checked there
+            with a message naming the file and the field (never int()-truncated)."""
+            if given is not None:
+                return given
+            if name not in cfg or (cfg[name] is None and default is None):
+                return default
+            try:
+                return check(cfg[name])
+            except InputError as e:
+                raise FileFormatError(f"{src}: field {name!r}: {e}") from None
+
         return LatentHead(
             f.tensors,
-            think_close_token_id=think_close_token_id if think_close_token_id is not None else cfg.get("think_close_token_id"),
-            max_internal_tokens=max_internal_tokens if max_internal_tokens is not None else int(cfg.get("max_internal_tokens", 256)),
-            chunk_size=chunk_size if chunk_size is not None else int(cfg.get("chunk_size", 1)),
-            pairing=pairing or cfg.get("pairing", "next"),
+            think_close_token_id=field("think_close_token_id", think_close_token_id, None, lambda v: _nonneg_id(v)),
+            max_internal_tokens=field("max_internal_tokens", max_internal_tokens, 256, lambda v: _positive_int(v, "max_internal_tokens")),
+            chunk_size=field("chunk_size", chunk_size, 1, lambda v: _positive_int(v, "chunk_size")),
+            pairing=field("pairing", pairing, "next", _check_pairing),
             path=f.path,
         )
 
+    def __post_init__(self):
+        _check_tensors(self.tensors, "latent head")
+        object.__setattr__(self, "chunk_size", _positive_int(self.chunk_size, "chunk_size"))
+        if not _is_int(self.max_internal_tokens) and not (isinstance(self.max_internal_tokens, float) and self.max_internal_tokens.is_integer()):
+            raise InputError(f"max_internal_tokens must be an integer >= chunk_size ({self.chunk_size}), got {self.max_internal_tokens!r}")
+        object.__setattr__(self, "max_internal_tokens", int(self.max_internal_tokens))
+        if self.think_close_token_id is not None:
+            object.__setattr__(self, "think_close_token_id", _nonneg_id(self.think_close_token_id))
+        _check_pairing(self.pairing)
+
     def with_steps(self, steps: int) -> "LatentHead":
         """`steps` latent steps of budget: max_internal_tokens = steps x chunk_size."""
-        _positive_int(steps, "latent-head steps")
+        steps = _positive_int(steps, "latent-head steps")
         return dataclasses.replace(self, max_internal_tokens=steps * self.chunk_size)
 
     def module(self, bench: Any) -> LatentHeadModule:
-        return latent_head_from_tensors(bench.hf, self.tensors, f"latent head {self.path or '(tensors)'}")
+        return _validated(latent_head_from_tensors, self.path, bench.hf, self.tensors, f"latent head {self.path or '(tensors)'}")
 
     def bind(self, bench: Any, batch_size: int) -> Runner:
+        batch_size = _check_batch(batch_size)
         chunk = _positive_int(self.chunk_size, "chunk_size")
-        if isinstance(self.max_internal_tokens, bool) or not isinstance(self.max_internal_tokens, int) or self.max_internal_tokens < chunk:
-            raise ValueError(
+        if not _is_int(self.max_internal_tokens) or self.max_internal_tokens < chunk:
+            raise InputError(
                 f"max_internal_tokens must be an integer >= chunk_size ({chunk}) so that at least one latent step fits, "
                 f"got {self.max_internal_tokens!r}"
             )
-        if self.pairing not in ("next", "same"):
-            raise ValueError(f"pairing must be 'next' (token t+1 with hidden t) or 'same' (token t with hidden t), got {self.pairing!r}")
+        _check_pairing(self.pairing)
         close = require_think_close(bench, "the latent head", self.think_close_token_id)
         r = _LatentHeadRunner(
             bench, batch_size, max_positions=self.max_internal_tokens, chunk_size=chunk, end_id=close, close_id=close,
@@ -467,19 +568,27 @@ class SoftThinking:
     readout_k: int = 16
     name = "soft_thinking"
 
+    def __post_init__(self):
+        object.__setattr__(self, "max_steps", _positive_int(self.max_steps, "soft-thinking max_steps"))
+        if isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool) and self.temperature == 0:
+            raise InputError(f"soft thinking needs temperature > 0 (it mixes a distribution), got {self.temperature}")
+        t, k, p, m = check_truncation(self.temperature, self.top_k, self.top_p, self.min_p, positive_temperature=True, what="soft-thinking")
+        for name, v in (("temperature", t), ("top_k", k), ("top_p", p), ("min_p", m)):
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "cold_entropy", check_number(self.cold_entropy, "soft-thinking cold_entropy", "a finite number >= 0 (nats; 0 = off)", low=0.0))
+        object.__setattr__(self, "cold_patience", _positive_int(self.cold_patience, "soft-thinking cold_patience (0 = no cold stop)", minimum=0))
+        object.__setattr__(self, "readout_k", _positive_int(self.readout_k, "soft-thinking readout_k"))
+
     def with_steps(self, steps: int) -> "SoftThinking":
         return dataclasses.replace(self, max_steps=steps)
 
     def bind(self, bench: Any, batch_size: int) -> Runner:
+        batch_size = _check_batch(batch_size)
         steps = _positive_int(self.max_steps, "soft-thinking max_steps")
-        if not self.temperature > 0:
-            raise ValueError(f"soft thinking needs temperature > 0 (it mixes a distribution), got {self.temperature}")
         truncate_probs(torch.zeros(1, 2), self.temperature, self.top_k, self.top_p, self.min_p)  # validates
-        if self.cold_patience < 0 or self.cold_entropy < 0:
-            raise ValueError(f"cold_entropy and cold_patience must be >= 0, got {self.cold_entropy}, {self.cold_patience}")
         close = think_close_id(bench.tokenizer, None, bench.arch.vocab_size)
         if close is None and self.cold_patience > 0:
-            raise ValueError(
+            raise InputError(
                 f"soft thinking's cold stop forces {THINK_CLOSE!r}, but the tokenizer of {bench.name!r} has none; "
                 "pass cold_patience=0 to think for a fixed budget"
             )
@@ -541,6 +650,9 @@ class PauseTokens:
     path: str = ""
     name = "pause"
 
+    def __post_init__(self):
+        _check_tensors(self.tensors, "pause tokens")
+
     @staticmethod
     def load(path: str) -> "PauseTokens":
         f = HeadFile.read(path, PAUSE_FILE)
@@ -552,18 +664,21 @@ class PauseTokens:
         return int(t.shape[0]) if t is not None and t.ndim == 2 else 0
 
     def with_steps(self, steps: int) -> "PauseTokens":
-        _positive_int(steps, "pause steps")
+        steps = _positive_int(steps, "pause steps")
         if steps > self.count:
-            raise ValueError(f"this pause file holds {self.count} pause embeddings; cannot feed {steps}")
+            raise InputError(f"pause steps must be in [1, {self.count}] (this pause file holds {self.count} pause embeddings), got {steps}")
         return dataclasses.replace(self, tensors={"pause_embeds": self.tensors["pause_embeds"][:steps]})
 
     def bind(self, bench: Any, batch_size: int) -> Runner:
         from .heads import check_state
 
+        batch_size = _check_batch(batch_size)
         d = bench.arch.d_model
         t = self.tensors.get("pause_embeds")
         m = int(t.shape[0]) if t is not None and t.ndim == 2 else 1
-        check_state(self.tensors, {"pause_embeds": (m, d)}, f"pause tokens {self.path or '(tensors)'}")
+        if m == 0:
+            raise (FileFormatError if self.path else InputError)(f"pause tokens {self.path or '(tensors)'}: pause_embeds holds no embeddings (shape {list(t.shape)})")
+        _validated(check_state, self.path, self.tensors, {"pause_embeds": (m, d)}, f"pause tokens {self.path or '(tensors)'}")
         p = next(bench.hf.parameters())
         r = _PauseRunner(bench, batch_size, max_positions=m)
         r.embeds = self.tensors["pause_embeds"].to(device=p.device, dtype=p.dtype)

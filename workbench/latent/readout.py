@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+from ..inputs import check_integer, check_number
 from .engine import LatentStep, LatentTrace, Superposition, fed_embeddings
 
 
@@ -41,8 +43,14 @@ def superposition(bench: Any, vectors: Tensor, n_candidates: int = 64, keep: int
     embeddings (min ||v - E_c^T w||, w >= 0); keeps the `keep` largest weights."""
     from scipy.optimize import nnls
 
-    if n_candidates < 1:
-        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+    n_candidates = check_integer(n_candidates, "n_candidates", low=1)
+    keep = check_integer(keep, "keep", low=1)
+    d = bench.arch.d_model
+    if not isinstance(vectors, Tensor) or not vectors.is_floating_point() or vectors.ndim != 2 or vectors.shape[-1] != d:
+        got = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise InputError(f"vectors must be a float tensor [n, {d}], got {got}")
+    if not bool(torch.isfinite(vectors).all()):
+        raise InputError("vectors contain NaN/inf; a superposition needs finite vectors")
     W = bench.hf.get_input_embeddings().weight.detach().float()
     v = vectors.to(W.device).float()
     cos = torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(W, dim=-1).T
@@ -70,6 +78,7 @@ def superposition(bench: Any, vectors: Tensor, n_candidates: int = 64, keep: int
 @torch.no_grad()
 def decompose_steps(bench: Any, steps: list[LatentStep], k: int = 10, n_candidates: int = 64) -> None:
     """Fill `nearest_ids/cos` and `superposition` of every step in place."""
+    k = check_integer(k, "k", low=1)
     if not steps:
         return
     from ..lens import nearest_tokens
@@ -100,6 +109,9 @@ def logit_lens_steps(bench: Any, trace: LatentTrace, k: int = 5) -> StepLens:
 
     from ..arch import decoder_layers
 
+    if not isinstance(trace, LatentTrace):
+        raise InputError(f"trace must be a LatentTrace (from latent.run), got {type(trace).__name__}")
+    k = check_integer(k, "k", low=1, high=int(bench.hf.get_input_embeddings().weight.shape[0]))
     seq = fed_embeddings(bench, trace, upto=len(trace.fed))[None]
     outs: list[Tensor] = []
     hooks = [
@@ -164,10 +176,11 @@ def trajectory(bench: Any, trace: LatentTrace, cot: tuple[Tensor, list[int]], n_
     """Fit PCA on the latent steps' hidden states and the CoT run's hidden states together."""
     from sklearn.decomposition import PCA
 
+    n_components = check_integer(n_components, "n_components", low=1)
     lat = torch.stack([s.hidden for s in trace.steps]) if trace.steps else torch.zeros(0, cot[0].shape[-1])
     X = torch.cat([lat, cot[0]]).numpy()
     if X.shape[0] < n_components:
-        raise ValueError(f"need at least {n_components} points for PCA, got {X.shape[0]}")
+        raise InputError(f"need at least {n_components} points for PCA, got {X.shape[0]}")
     pca = PCA(n_components=n_components).fit(X)
     Z = pca.transform(X)
     tok = bench.tokenizer
@@ -213,11 +226,20 @@ def global_parallelism(
     distributions (the model's next-token distribution at each step) and report
     N_eff = exp(H(softmax(scores / tau))), normalised by random matching."""
     if not trace.steps:
-        raise ValueError("the trace has no latent steps to score paths against")
+        raise InputError("the trace has no latent steps to score paths against")
+    if isinstance(paths, str) or not hasattr(paths, "__iter__"):
+        raise InputError(f"paths must be a list of reasoning-path strings, got {type(paths).__name__}")
+    paths = list(paths)
     if len(paths) < 2:
-        raise ValueError(f"need at least 2 reasoning paths, got {len(paths)}")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+        raise InputError(f"need at least 2 reasoning paths, got {len(paths)}")
+    for i, p in enumerate(paths):
+        if not isinstance(p, str):
+            raise InputError(f"reasoning path {i} must be a string, got {type(p).__name__}")
+    tau = check_number(tau, "tau", "a finite number > 0", low=0.0, low_open=True)
+    n_random = check_integer(n_random, "n_random", low=1)
+    from ..generate import check_seed
+
+    seed = check_seed(seed, allow_none=False)
     head = bench.hf.get_output_embeddings()
     p0 = next(head.parameters())
     H = torch.stack([s.hidden for s in trace.steps]).to(device=p0.device, dtype=p0.dtype)
@@ -226,7 +248,7 @@ def global_parallelism(
     for i, text in enumerate(paths):
         ids = bench.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"reasoning path {i} is empty")
+            raise InputError(f"reasoning path {i} is empty")
         toks.append(torch.as_tensor(ids))
     scores = _path_scores(logq, toks)
     n_eff = _n_eff(scores, tau)

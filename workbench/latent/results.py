@@ -63,10 +63,20 @@ def results(
     from .eval import evaluate
     from .policies import load_policy
 
+    from ..errors import InputError, check_writable_target
+    from ..inputs import check_integer
+
     known = [r for _, r in RECIPE_ROWS]
+    if isinstance(recipes, str):  # one name, not its letters
+        recipes = (recipes,)
+    if recipes is not None and not hasattr(recipes, "__iter__"):
+        raise InputError(f"recipes must be a list of recipe names ({', '.join(known)}) or None, got {recipes!r}")
     unknown = [r for r in (recipes or ()) if r not in known]
     if unknown:
-        raise ValueError(f"unknown recipe(s) {unknown}; valid: {', '.join(known)}")
+        raise InputError(f"unknown recipe(s) {unknown}; valid: {', '.join(known)}")
+    n = check_integer(n, "n (problems per set)", low=1)
+    batch_size = check_integer(batch_size, "batch_size", low=1)
+    check_writable_target(out_dir, "out_dir")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = load(model, device="cpu")
