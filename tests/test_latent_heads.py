@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 import workbench.generate as gen_mod
 from workbench import latent
+from workbench.errors import NonFiniteError
 from workbench.latent.heads import random_latent_head_tensors, random_projection_tensors
 
 
@@ -89,7 +90,7 @@ def test_missing_think_close_token(smol, no_forward):
 def test_nan_latent_at_runtime(qwen_tiny):
     t = random_projection_tensors(64, seed=0)
     t["mlp.0.weight"] = torch.full_like(t["mlp.0.weight"], 3e38)  # finite weights, overflowing output
-    with pytest.raises(ValueError, match="projection: latent vector .* contains NaN/inf"):
+    with pytest.raises(NonFiniteError, match="projection: latent vector .* contains NaN/inf"):
         latent.run(qwen_tiny, "hi", latent.ProjectionHead(t, steps=2))
 
 
