@@ -34,8 +34,11 @@ def test_latent_recipe_through_the_command_line(micro_dir, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["status"] == "done" and (out / "final" / "latent_policy.json").is_file()
     # a finished run resumed is a no-op that still writes its result; a fresh run refuses to overwrite
+    first_loss = json.loads((out / "final" / "train_summary.json").read_text())["final_loss"]
     assert main(["pause", "--out", str(out), *sets, "--resume"]) == 0
     capsys.readouterr()
+    # the resumed run took no step; its summary still reports the loss the run finished with (was null)
+    assert json.loads((out / "final" / "train_summary.json").read_text())["final_loss"] == pytest.approx(first_loss)
     assert main(["pause", "--out", str(out), *sets]) == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
     # the latent head needs </think> to self-exit: a model without one is refused before any training

@@ -287,12 +287,20 @@ def dispatch_over_devices(hf: torch.nn.Module, device_map: str | dict, offload_d
     if unknown:
         top = sorted({n.split(".")[0] for n in names if n})
         raise InputError(f"device_map names modules this model does not have: {unknown}; its top-level modules are {top}")
+    own_dir = None
     if "disk" in device_map.values() and offload_dir is None:
         import tempfile
 
-        offload_dir = tempfile.mkdtemp(prefix="workbench-offload-")
+        offload_dir = own_dir = tempfile.mkdtemp(prefix="workbench-offload-")
     main = next((d for d in device_map.values() if d not in ("cpu", "disk")), "cpu")
-    return dispatch_model(hf, device_map=device_map, main_device=main, offload_dir=offload_dir)
+    out = dispatch_model(hf, device_map=device_map, main_device=main, offload_dir=offload_dir)
+    if own_dir is not None:
+        # the offloaded weights are a copy of the model's: removed with the model (or at exit)
+        import shutil
+        import weakref
+
+        weakref.finalize(out, shutil.rmtree, own_dir, True)
+    return out
 
 
 # --------------------------------------------------------------------------- hub / local paths
