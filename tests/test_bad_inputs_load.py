@@ -384,6 +384,9 @@ CLI_CASES = [
     Case("out-under-a-file", lambda c: ["sinks", "hi", "--model", "no-such-model", "--out", c.file / "s.json"], OutputNotWritableError,
          ["--out", "a-file.txt", "is a file"]),  # fmt: skip  (refused before the (unknown) model is looked at)
     Case("out-read-only", _load_read_only, OutputNotWritableError, ["--out", "read-only", "no write permission"]),
+    Case("app-vector-cap-zero", lambda c: ["app", "--max-vector-mb", "0"], InputError, ["--max-vector-mb", "0"]),
+    Case("app-head-cap-nan", lambda c: ["app", "--max-head-mb", "nan"], InputError, ["--max-head-mb", "nan"]),
+    Case("app-out-dir-a-file", lambda c: ["app", "--out-dir", c.file], InputError, ["--out-dir", "a-file.txt", "is a file"]),
     Case("out-is-a-folder", lambda c: ["sinks", "hi", "--model", "no-such-model", "--out", c.out], OutputNotWritableError, ["--out", "is a folder"]),
     Case("html-under-a-file", lambda c: ["latent", "run", "hi", "--model", "no-such-model", "--html", c.file / "x.html"], OutputNotWritableError,
          ["--html", "a-file.txt"]),  # fmt: skip
