@@ -56,12 +56,19 @@ def test_trajectory_and_parallelism(qwen_tiny):
     cot = readout.cot_hiddens(qwen_tiny, "3*4?", max_new_tokens=5)
     traj = readout.trajectory(qwen_tiny, tr, cot)
     assert traj.latent.shape == (3, 2) and traj.cot.shape == (len(cot[1]), 2) and len(traj.cot_tokens) == len(cot[1])
-    par = readout.global_parallelism(qwen_tiny, tr, ["3 * 4 = 12", "4 + 4 + 4 = 12", "12"], tau=0.1)
-    assert par.scores.shape == (3,) and 1.0 <= par.n_eff <= 3.0 and par.n_eff_random > 0
-    same = readout.global_parallelism(qwen_tiny, tr, ["3 * 4 = 12"] * 4)
-    assert same.n_eff == pytest.approx(4.0) and same.normalised == pytest.approx(4.0 / same.n_eff_random)
+    # Latent-SFT's global parallelism (hand-worked checks in tests/test_latent_metrics.py)
+    par = readout.global_parallelism(qwen_tiny, tr, ["3 * 4 = 12", "4 + 4 + 4 = 12", "12 = 3 * 4"], tau=0.1, n_random=8)
+    assert par.scores.shape == (3,) and 1.0 <= par.n_eff <= 3.0 and par.n_eff_random > 0 and par.n_steps == 3
+    assert par.normalised == pytest.approx(par.n_eff / par.n_eff_random)
     with pytest.raises(ValueError, match="at least 2"):
         readout.global_parallelism(qwen_tiny, tr, ["x"])
+    # the older order-free score, under its own name
+    spread = readout.path_likelihood_spread(qwen_tiny, tr, ["3 * 4 = 12", "4 + 4 + 4 = 12", "12"], tau=0.1)
+    assert spread.scores.shape == (3,) and 1.0 <= spread.n_eff <= 3.0 and spread.n_eff_random > 0
+    same = readout.path_likelihood_spread(qwen_tiny, tr, ["3 * 4 = 12"] * 4)
+    assert same.n_eff == pytest.approx(4.0) and same.normalised == pytest.approx(4.0 / same.n_eff_random)
+    with pytest.raises(ValueError, match="at least 2"):
+        readout.path_likelihood_spread(qwen_tiny, tr, ["x"])
 
 
 def test_viz_figures(qwen_tiny):
