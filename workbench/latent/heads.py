@@ -8,7 +8,12 @@
   `latent_head.safetensors` with `core.fc.*`, `core.pre_fc_norm_embedding.*`,
   `core.pre_fc_norm_hidden.*`, `core.layer.*` (one full-attention decoder layer of the
   base's own class, with its own KV cache), `core.norm.*`, `to_embed.*`; the token
-  embedding is shared with the base model. `adapter_config.json` beside it holds options.
+  embedding is shared with the base model. `adapter_config.json` beside it holds options
+  (`think_close_token_id`, `max_internal_tokens`, `chunk_size`, `pairing`).
+  Initialisations: `passthrough_latent_head_tensors` / `passthrough_init_` (the training
+  start: the head feeds the greedy token's embedding, up to one documented per-token
+  scale, so latent mode starts as greedy CoT with hidden tokens) and
+  `random_latent_head_tensors` (tests, benchmarks).
 
 Sources: a local file or folder, or the hub forms `owner/repo`, `owner/repo:file`,
 `hf://owner/repo/file` (the local hub cache first; then fetched through huggingface_hub,
@@ -335,6 +340,142 @@ def random_latent_head_tensors(hf: nn.Module, seed: int = 0, scale: float = 0.02
             else:
                 out[k] = (torch.randn(v.shape) * scale).float()
     return out
+
+
+def _unit_gain_(norm: nn.Module) -> None:
+    """Set an RMSNorm's weight so that it multiplies by exactly 1: weight 0 for a
+    zero-centred `x * (1 + w)` norm (Qwen3.5), weight 1 for `x * w` (Llama). Which one the
+    class is is found by running it, not from its name."""
+    probe = copy.deepcopy(norm).float().to("cpu")
+    x = torch.ones(1, probe.weight.shape[0])
+    with torch.no_grad():
+        probe.weight.zero_()
+        at0 = probe(x)
+        probe.weight.fill_(1.0)
+        at1 = probe(x)
+    if float(at0.abs().max()) == 0:
+        value = 1.0  # x * w
+    elif torch.allclose(at1, 2 * at0, rtol=1e-5, atol=0):
+        value = 0.0  # x * (1 + w)
+    else:
+        raise ValueError(f"{type(norm).__name__}: neither an x*w nor an x*(1+w) RMSNorm; cannot build a pass-through head")
+    with torch.no_grad():
+        norm.weight.fill_(value)
+
+
+_OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "down_proj", "dense_4h_to_h", "c_proj", "fc2", "w2")
+
+
+def _zero_residual_branches_(layer: nn.Module, hf: nn.Module) -> list[str]:
+    """Zero the output projections of the layer's attention and MLP branches (o_proj /
+    down_proj and their biases; every expert's and the shared expert's for an MoE MLP), so
+    the layer is the identity through its residual connections; then check by running it
+    that it is (exactly)."""
+    from ..generate import base_model
+
+    zeroed = []
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if any(part in _OUTPUT_PROJECTIONS for part in name.split(".")):
+                p.zero_()
+                zeroed.append(name)
+    if not zeroed:
+        raise ValueError(f"{type(layer).__name__}: no output projection (o_proj / down_proj) found to zero")
+    p0 = next(layer.parameters())
+    rotary = base_model(hf).rotary_emb
+    r_dev = next(iter(rotary.buffers())).device
+    d = int(text_config(hf.config).hidden_size)
+    x = torch.randn(1, 3, d, device=p0.device, dtype=p0.dtype)
+    pos = torch.arange(3)[None]
+    with torch.no_grad():
+        pe = tuple(t.to(device=p0.device, dtype=p0.dtype) for t in rotary(x.to(r_dev), pos.to(r_dev)))
+        out = layer(x, position_embeddings=pe, attention_mask=None, position_ids=pos.to(p0.device))
+    out = out[0] if isinstance(out, tuple) else out
+    if not torch.equal(out, x):
+        raise ValueError(f"{type(layer).__name__}: zeroing {zeroed} does not make the layer the identity")
+    return zeroed
+
+
+def embedding_scales(hf: nn.Module, head: LatentHeadModule, rows: Tensor | None = None, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """Per used embedding row: rms(e) and r(e), the divisor by which
+    `norm(norm_e(e))` (both norms at unit gain) shrinks e, r(e) = rms(e) / rms(norm(norm_e(e)))
+    = sqrt(ms(e) (1 + eps) + eps^2) for two RMSNorms of epsilon eps. Used rows: `rows`
+    (token ids), default every non-zero row of the input embedding."""
+    W = hf.get_input_embeddings().weight
+    n_e = copy.deepcopy(head.core.pre_fc_norm_embedding).float().to("cpu")
+    n_y = copy.deepcopy(head.core.norm).float().to("cpu")
+    idx = torch.arange(W.shape[0]) if rows is None else torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu()
+    rms, r = [], []
+    with torch.no_grad():
+        for i in range(0, idx.numel(), chunk):
+            e = W[idx[i : i + chunk].to(W.device)].detach().float().cpu()
+            ms = e.pow(2).mean(-1)
+            keep = ms > 0
+            e, ms = e[keep], ms[keep]
+            y = n_y(n_e(e))
+            rms.append(ms.sqrt())
+            r.append(ms.sqrt() / y.pow(2).mean(-1).sqrt())
+    rms_t, r_t = torch.cat(rms), torch.cat(r)
+    if rms_t.numel() == 0:
+        raise ValueError("the input embedding has no non-zero row to take a scale from")
+    return rms_t, r_t
+
+
+@torch.no_grad()
+def passthrough_init_(head: LatentHeadModule, hf: nn.Module, seed: int = 0, scale: float = 0.02, rows: Tensor | None = None) -> dict:
+    """Initialise `head` (in place) as a pass-through of the token embedding: the latent
+    loop then starts as greedy chain-of-thought with the tokens hidden (each latent is the
+    greedy token's own embedding, up to one per-token scale, below).
+
+    * `pre_fc_norm_embedding`, `pre_fc_norm_hidden`, `norm`: unit gain (weight 0 for
+      Qwen3.5's zero-centred `x * (1 + w)` RMSNorm, 1 for `x * w`; found by running the class);
+    * `fc = [I | 0]`: the embedding half passes through, the hidden half starts at zero;
+    * the layer's output projections (`self_attn.o_proj`, `mlp.down_proj`, biases too) are
+      zero, so the layer is the identity through its residuals (checked by running it);
+      every other layer weight is N(0, `scale`), so gradients reach the zeroed ones;
+    * `to_embed = c * I`, biases 0, with c the mean over the used rows of r(e) (see
+      `embedding_scales`; r(e) ~ rms(e)).
+
+    So the fed vector for greedy token t is exactly `e_t * c / r(e_t)`: parallel to e_t
+    (cosine 1), with the RMS `c * rms(e_t) / r(e_t)` ~ the mean embedding RMS instead of
+    e_t's own. The RMSNorms discard each token's magnitude and nothing after them can
+    restore it linearly (to_embed would need every embedding row as an eigenvector with its
+    own RMS as eigenvalue), so the construction is exact only when every used row has the
+    same RMS; otherwise token t is fed scaled by ~ mean_rms / rms(e_t). Used rows: `rows`
+    (token ids), default every non-zero row of the input embedding (padding rows of the
+    vocabulary excluded). With `chunk_size` > 1 each greedy token is fed chunk_size times.
+
+    Returns {"scale": c, "rms_min", "rms_max", "rms_mean", "zeroed": [...]}."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        for name, p in head.named_parameters():  # matrices random, biases 0, norm gains as built
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape) * scale)
+            elif name.endswith("bias"):
+                p.zero_()
+        for n in (head.core.pre_fc_norm_embedding, head.core.pre_fc_norm_hidden, head.core.norm):
+            _unit_gain_(n)
+        d = head.to_embed.weight.shape[0]
+        fc = head.core.fc.weight
+        fc.zero_()
+        fc[:, :d] = torch.eye(d, dtype=fc.dtype, device=fc.device)
+        zeroed = _zero_residual_branches_(head.core.layer, hf)
+    rms, r = embedding_scales(hf, head, rows)
+    c = float(r.mean())
+    head.to_embed.weight.copy_(torch.eye(d) * c)
+    return {"scale": c, "rms_min": float(rms.min()), "rms_max": float(rms.max()), "rms_mean": float(rms.mean()), "zeroed": zeroed}
+
+
+def passthrough_latent_head_tensors(
+    hf: nn.Module, seed: int = 0, scale: float = 0.02, intermediate_size: int | None = None, rows: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Latent-head tensors (float32, CPU) initialised as a pass-through of the token
+    embedding (`passthrough_init_`): latent mode starts as greedy CoT with hidden tokens."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mod = LatentHeadModule(hf, intermediate_size).float()
+    passthrough_init_(mod, hf, seed=seed, scale=scale, rows=rows)
+    return {k: v.detach().clone().float().cpu() for k, v in mod.state_dict().items()}
 
 
 def random_projection_tensors(d_model: int, hidden: int | None = None, seed: int = 0) -> dict[str, Tensor]:
