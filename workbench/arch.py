@@ -28,8 +28,14 @@ class ArchInfo:
         weights) or `"linear_attention"` (Qwen3.5 Gated DeltaNet: a recurrent state, no
         attention matrix) or whatever else the config names.
     family: `config.model_type` of the text model (`"llama"`, `"qwen3_5_text"`, ...).
-    embed_rms: root-mean-square of the token-embedding matrix entries, i.e. the typical
-        per-coordinate size of an input embedding; `embed_norm` the mean L2 norm of a row.
+    embed_rms: root-mean-square of the entries of the token-embedding rows the model
+        uses, i.e. the typical per-coordinate size of an input embedding; `embed_norm` the
+        mean L2 norm of such a row. Rows that are exactly zero are not tokens the model
+        uses (a model trained over a compact vocabulary, such as the micro model, holds
+        all but ~300 of its 248,320 rows at zero) and are left out: averaged over every
+        row, a latent's |v|/|e| would be inflated ~800x there and a random prefix drawn
+        ~29x smaller than the real token embeddings. `embed_rows` counts the rows used
+        (= vocabulary rows when none is zero).
     vocab_size, n_heads, n_kv_heads, head_dim, max_positions: from the config.
     """
 
@@ -45,6 +51,7 @@ class ArchInfo:
     head_dim: int
     max_positions: int
     tied_embeddings: bool
+    embed_rows: int = 0
 
     @property
     def attention_layers(self) -> tuple[int, ...]:
@@ -135,12 +142,7 @@ def arch_info(model: nn.Module) -> ArchInfo:
     n_layers = int(cfg.num_hidden_layers)
     layer_types = getattr(cfg, "layer_types", None) or [SOFTMAX_ATTENTION] * n_layers
     emb = model.get_input_embeddings().weight
-    if emb.device.type == "meta":
-        embed_rms = embed_norm = float("nan")
-    else:
-        w = emb.detach().float()
-        embed_rms = float(w.pow(2).mean().sqrt())
-        embed_norm = float(w.norm(dim=-1).mean())
+    embed_rms, embed_norm, embed_rows = embedding_scale(emb)
     n_heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
     d_model = int(cfg.hidden_size)
     head_dim = int(getattr(cfg, "head_dim", None) or (d_model // max(n_heads, 1)))
@@ -157,4 +159,25 @@ def arch_info(model: nn.Module) -> ArchInfo:
         head_dim=head_dim,
         max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 0),
         tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+        embed_rows=embed_rows,
     )
+
+
+@torch.no_grad()
+def embedding_scale(weight: torch.Tensor, chunk_rows: int = 16384) -> tuple[float, float, int]:
+    """(RMS of the entries, mean row L2 norm, rows counted) over the rows of an embedding
+    matrix that are not exactly zero; NaN for meta weights or a matrix of zeros. Read in
+    float32 chunks of `chunk_rows` rows, so a 27B model's matrix is never copied whole."""
+    if weight.device.type == "meta":
+        return float("nan"), float("nan"), 0
+    sumsq = norms = 0.0
+    rows = 0
+    for start in range(0, weight.shape[0], chunk_rows):
+        c = weight[start : start + chunk_rows].detach().float()
+        c = c[(c != 0).any(-1)]
+        rows += c.shape[0]
+        sumsq += float(c.pow(2).sum(dtype=torch.float64))
+        norms += float(c.norm(dim=-1).sum(dtype=torch.float64))
+    if rows == 0:
+        return float("nan"), float("nan"), 0
+    return (sumsq / (rows * weight.shape[1])) ** 0.5, norms / rows, rows

@@ -61,7 +61,7 @@ def _info(args) -> int:
     print(f"attention at   {list(a.attention_layers)}")
     print(f"d_model        {a.d_model}   heads {a.n_heads} (kv {a.n_kv_heads}, head_dim {a.head_dim})")
     print(f"vocab          {a.vocab_size}   context {a.max_positions}")
-    print(f"embedding RMS  {a.embed_rms:.4f}   mean row norm {a.embed_norm:.3f}")
+    print(f"embedding RMS  {a.embed_rms:.4f}   mean row norm {a.embed_norm:.3f}   (over the {a.embed_rows} non-zero rows)")
     print(f"layer_at(0.75) {a.layer_at(0.75)}")
     return 0
 
