@@ -113,7 +113,7 @@ def register(sub) -> None:
     t.add_argument("-n", type=int, default=100, help="held-out problems per difficulty")
     t.add_argument("--model", default="qwen3.5-micro", help="base model (a thinking model with </think>)")
     t.add_argument("--retrain", action="store_true", help="train the recipes again even if their output exists")
-    t.add_argument("--recipes", default=None, help="comma-separated subset of coconut,projection-head,latent-head,pause")
+    t.add_argument("--recipes", default=None, help="comma-separated subset of coconut,projection-head,latent-head,pause,pause-answer,upft")
     t.add_argument("--batch-size", type=int, default=32)
     t.set_defaults(func=_results)
 
@@ -139,7 +139,13 @@ def _run(args) -> int:
             "steps": [{"index": s.index, "norm_ratio": s.norm_ratio, "entropy": s.entropy, "top_ids": s.top_ids.tolist(),
                        "top_probs": s.top_probs.tolist(), "nearest_ids": None if s.nearest_ids is None else s.nearest_ids.tolist(),
                        "superposition_n_eff": s.superposition.n_eff if s.superposition else None,
-                       "superposition_error": s.superposition.rel_error if s.superposition else None} for s in tr.steps],
+                       "superposition_error": s.superposition.rel_error if s.superposition else None,
+                       "superposition_ids": s.superposition.ids.tolist() if s.superposition else None,
+                       "superposition_weights_raw": s.superposition.weights.tolist() if s.superposition else None,
+                       "fed_mixture_ids": None if s.mixture_ids is None else s.mixture_ids.tolist(),
+                       "fed_mixture_weights": None if s.mixture_weights is None else s.mixture_weights.tolist(),
+                       "superposition_truth_recall": s.superposition.truth_recall if s.superposition else None,
+                       "superposition_truth_l1": s.superposition.truth_l1 if s.superposition else None} for s in tr.steps],
         })  # fmt: skip
     else:
         print(tr.table(bench.tokenizer, k=args.k))

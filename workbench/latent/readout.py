@@ -90,9 +90,25 @@ def decompose_steps(bench: Any, steps: list[LatentStep], k: int = 10, n_candidat
 
     V = torch.stack([s.latent for s in steps])
     ids, cos = nearest_tokens(bench, V, k)
-    sups = superposition(bench, V, n_candidates=n_candidates, keep=k)
+    keep = max([k] + [len(s.mixture_ids) for s in steps if s.mixture_ids is not None])  # room for a known mixture
+    sups = superposition(bench, V, n_candidates=n_candidates, keep=keep)
     for s, i, c, sp in zip(steps, ids, cos, sups):
         s.nearest_ids, s.nearest_cos, s.superposition = i, c, sp
+        if s.mixture_ids is not None:
+            sp.truth_recall, sp.truth_l1 = mixture_agreement(sp, s.mixture_ids, s.mixture_weights)
+
+
+def mixture_agreement(fit: Superposition, ids: Tensor, weights: Tensor) -> tuple[float, float]:
+    """(recall, L1) of an NNLS fit against a known mixture sum_j weights_j e_{ids_j}:
+    recall = share of the mixture's tokens (weight > 0) the fit gives weight; L1 =
+    sum over the union of |w_fit - w_true| (raw fit weights, not normalised)."""
+    true = {int(t): float(w) for t, w in zip(ids.tolist(), weights.tolist()) if w > 0}
+    got = {int(t): float(w) for t, w in zip(fit.ids.tolist(), fit.weights.tolist())}
+    if not true:
+        return float("nan"), float("nan")
+    recall = sum(1 for t in true if got.get(t, 0.0) > 0) / len(true)
+    l1 = sum(abs(got.get(t, 0.0) - true.get(t, 0.0)) for t in set(true) | set(got))
+    return recall, l1
 
 
 @dataclass
