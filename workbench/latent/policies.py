@@ -170,7 +170,10 @@ def _check_batch(batch_size: Any) -> int:
 
 def _check_pairing(pairing: Any) -> str:
     if not isinstance(pairing, str) or pairing not in ("next", "same"):
-        raise InputError(f"pairing must be 'next' (token t+1 with hidden t) or 'same' (token t with hidden t), got {pairing!r}")
+        raise InputError(
+            f"pairing must be 'same' (token t with hidden t: the reference runtime's, the default) or 'next' "
+            f"(token t+1 with hidden t), got {pairing!r}"
+        )
     return pairing
 
 
@@ -405,18 +408,28 @@ class LatentHead:
     """The MTP-style latent head (Qwen3.5-27B latent-reasoning adapter format).
 
     Step: `token` = the model's own greedy next token, `h` = last hidden (after the final
-    norm); `x = fc(cat(norm_e(embed(token)), norm_h(h)))`, `y = norm(layer(x))`, next input
-    `to_embed(y)`, fed `chunk_size` times. The head layer attends over its own cache,
-    prefilled over the prompt pairing token t+1's embedding with hidden t
-    (`pairing="next"`, default) or token t with hidden t (`"same"`). Thinking ends by
-    self-exit (argmax == think_close_token_id) or when the next step would not fit in
-    `max_internal_tokens` positions (maxed); then `</think>` is fed as an ordinary token."""
+    norm) at the newest position; `x = fc(cat(norm_e(embed(token)), norm_h(h)))`,
+    `y = norm(layer(x))`, next input `to_embed(y)`, fed `chunk_size` times. The head layer
+    attends over its own cache, prefilled over the prompt (the prefill's outputs are not
+    used) with one of two pairings:
+
+    * `pairing="same"` (default; the reference runtime's): prompt token t's embedding with
+      hidden t, at head position t (head positions = backbone positions); the first latent
+      step is at head position P (prompt length), each later one at the next.
+    * `pairing="next"` (MTP-style): token t+1's embedding with hidden t, at head position
+      t, for t < P-1; the first latent step is at head position P-1.
+
+    `LatentHead.load` takes the pairing from adapter_config.json (`"pairing"`); an adapter
+    whose config does not record one runs with the reference pairing "same", as its
+    runtime ran it. Thinking ends by self-exit (argmax == think_close_token_id) or when the
+    next step would not fit in `max_internal_tokens` positions (maxed); then `</think>` is
+    fed as an ordinary token."""
 
     tensors: dict
     think_close_token_id: int | None = None
     max_internal_tokens: int = 256
     chunk_size: int = 1
-    pairing: str = "next"
+    pairing: str = "same"
     path: str = ""
     name = "latent_head"
 
@@ -451,7 +464,7 @@ class LatentHead:
             think_close_token_id=field("think_close_token_id", think_close_token_id, None, lambda v: _nonneg_id(v)),
             max_internal_tokens=field("max_internal_tokens", max_internal_tokens, 256, lambda v: _positive_int(v, "max_internal_tokens")),
             chunk_size=field("chunk_size", chunk_size, 1, lambda v: _positive_int(v, "chunk_size")),
-            pairing=field("pairing", pairing, "next", _check_pairing),
+            pairing=field("pairing", pairing, "same", _check_pairing),  # unrecorded: the reference runtime's
             path=f.path,
         )
 
@@ -504,9 +517,12 @@ def _head_mask(kv_mask: Tensor, q_len: int, dtype: torch.dtype) -> Tensor:
 
 
 class _LatentHeadRunner(Runner):
+    """Prefills the head's cache over the prompt (`pairing`, see `LatentHead`), then one head
+    step per latent step, each appending one entry to that cache."""
+
     method = "latent_head"
     head: LatentHeadModule
-    pairing = "next"
+    pairing = "same"
 
     def start(self, prompt: PromptState) -> None:
         from transformers import DynamicCache
