@@ -125,7 +125,15 @@ class LatentHeadConfig(LatentRecipeConfig):
     cross-entropy of `</think>` and the answer after the last latent step, plus
     `exit_weight` x -log(1 - p(`</think>`)) after every earlier one (so the model's own
     argmax ends thinking at the right time: self-exit). `max_internal_tokens` is the
-    budget written to adapter_config.json."""
+    budget written to adapter_config.json.
+
+    `head_init="passthrough"` (default) starts the head as a pass-through of the greedy
+    token's embedding (`workbench.latent.heads.passthrough_init_`: training starts from
+    greedy chain-of-thought with hidden tokens, each fed at about the mean embedding RMS);
+    `"random"`: fc and to_embed N(0, 0.02), the rest as the layer classes build it.
+    `pairing` (default "same", the reference runtime's: prompt token t with hidden t) is
+    how the head's cache is prefilled over the prompt, in training and in the
+    adapter_config.json written (see `workbench.latent.LatentHead`)."""
 
     recipe: str = "latent-head"
     out_dir: str = "runs/latent-head"
@@ -134,6 +142,8 @@ class LatentHeadConfig(LatentRecipeConfig):
     max_internal_tokens: int = 16
     exit_weight: float = 1.0
     head_intermediate: int = 0
+    head_init: str = "passthrough"
+    pairing: str = "same"
     train_modules: list[str] = field(default_factory=list)
     lr: float = 2e-3
     steps: int = 200
@@ -142,6 +152,10 @@ class LatentHeadConfig(LatentRecipeConfig):
         super().validate()
         if self.train_modules or self.lora_rank:
             raise InputError("the latent head trains on a frozen base: train_modules must be [] and lora_rank 0")
+        if self.head_init not in ("passthrough", "random"):
+            raise InputError(f"head_init must be 'passthrough' or 'random', got {self.head_init!r}")
+        if self.pairing not in ("same", "next"):
+            raise InputError(f"pairing must be 'same' (token t with hidden t) or 'next' (token t+1 with hidden t), got {self.pairing!r}")
         if self.thoughts_per_step < 1 or self.chunk_size < 1:
             raise InputError(f"thoughts_per_step and chunk_size must be >= 1, got {self.thoughts_per_step}, {self.chunk_size}")
         if self.max_internal_tokens < self.chunk_size:
@@ -503,10 +517,13 @@ def _grouped(data: Sequence[Encoded], size: int, seed: int) -> list[list[Encoded
     return out
 
 
-def latent_head_stepper(head: nn.Module, hf: nn.Module, prompts: Sequence[Sequence[int]]) -> Callable[[int, Tensor, Tensor], Tensor]:
+def latent_head_stepper(
+    head: nn.Module, hf: nn.Module, prompts: Sequence[Sequence[int]], pairing: str = "same"
+) -> Callable[[int, Tensor, Tensor], Tensor]:
     """`next_latent` for `unroll` that does what the engine's latent-head runner does: at
-    the first step, prefill the head over the (left-padded) prompt pairing token t+1 with
-    hidden t; at every step, fuse the model's greedy token with the newest hidden state
+    the first step, prefill the head over the (left-padded) prompt with `pairing` ("same":
+    token t with hidden t, the default and the reference runtime's; "next": token t+1 with
+    hidden t); at every step, fuse the model's greedy token with the newest hidden state
     and run the head causally over everything so far (no cache: gradients reach every
     step)."""
     from ..generate import base_model
@@ -519,8 +536,11 @@ def latent_head_stepper(head: nn.Module, hf: nn.Module, prompts: Sequence[Sequen
 
     def next_latent(j: int, h: Tensor, m: Tensor) -> Tensor:
         if j == 0:
-            tok, hh = ids[:, 1:], h[:, :-1]
-            valid = (ids[:, 1:] >= 0) & (ids[:, :-1] >= 0)
+            if pairing == "next":
+                tok, hh = ids[:, 1:], h[:, :-1]
+                valid = (ids[:, 1:] >= 0) & (ids[:, :-1] >= 0)
+            else:
+                tok, hh, valid = ids, h, ids >= 0
             state["x"] = head.fuse(emb(tok.clamp(min=0)), hh)
             state["kv"] = valid.long()
             state["pos"] = (valid.long().cumsum(-1) - 1).clamp(min=0)
@@ -537,7 +557,7 @@ def latent_head_stepper(head: nn.Module, hf: nn.Module, prompts: Sequence[Sequen
 
 
 def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
-    from ..latent.heads import LATENT_HEAD_FILE, LatentHeadModule
+    from ..latent.heads import LATENT_HEAD_FILE, LatentHeadModule, passthrough_init_
     from ..latent.policies import LatentHead
 
     s = setup(cfg, bench)
@@ -549,9 +569,13 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         head = LatentHeadModule(hf, cfg.head_intermediate or None).to(next(hf.parameters()).device)
-        # start near "feed the token's own embedding": small random weights elsewhere
-        nn.init.normal_(head.core.fc.weight, std=0.02)
-        nn.init.normal_(head.to_embed.weight, std=0.02)
+        if cfg.head_init == "passthrough":  # latent mode starts as greedy CoT with hidden tokens
+            init = passthrough_init_(head, hf, seed=cfg.seed)
+            init_info = {"head_init": "passthrough", "to_embed_scale": init["scale"], "embedding_rms": [init["rms_min"], init["rms_mean"], init["rms_max"]]}
+        else:
+            nn.init.normal_(head.core.fc.weight, std=0.02)
+            nn.init.normal_(head.to_embed.weight, std=0.02)
+            init_info = {"head_init": "random"}
     model = LatentModel(hf, head=head)
     groups = _grouped(s.data, cfg.batch_size, cfg.seed)
     close = s.close
@@ -562,7 +586,7 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
         for group in batch:
             n_lat = len(group[0].steps) * c
             prompts = [e.prompt for e in group]
-            next_latent = latent_head_stepper(model.head, model.hf, prompts)
+            next_latent = latent_head_stepper(model.head, model.hf, prompts, cfg.pairing)
             u = unroll(model.hf, prompts, n_lat, next_latent, [e.suffix for e in group], chunk=chunk)
             ce, n = after_loss(s.vocab, u)  # the suffix starts with </think>: the exit at the last step
             loss = ce
@@ -577,15 +601,15 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
         return StepLoss(total, tokens=n_tok, metrics={"early_exit_loss": sum(exit_terms) / len(exit_terms)} if exit_terms else {})
 
     res = train(model, groups, loss_fn, cfg.replace(batch_size=1), resume=resume, on_step=on_step, cancel=cancel)
-    results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
+    results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss, **init_info, "pairing": cfg.pairing}
     if res.status != "done":
         return {"status": res.status, **results}
     tensors = {k: v.detach().float().cpu() for k, v in head.state_dict().items()}
     adapter = {
         "format": "workbench-latent-head", "version": 1, "base_model": cfg.model, "hidden_size": s.bench.arch.d_model,
-        "think_close_token_id": close, "max_internal_tokens": cfg.max_internal_tokens, "chunk_size": chunk, "pairing": "next",
+        "think_close_token_id": close, "max_internal_tokens": cfg.max_internal_tokens, "chunk_size": chunk, "pairing": cfg.pairing,
     }  # fmt: skip
-    spec = LatentHead(tensors, think_close_token_id=close, max_internal_tokens=cfg.max_internal_tokens, chunk_size=chunk, pairing="next")
+    spec = LatentHead(tensors, think_close_token_id=close, max_internal_tokens=cfg.max_internal_tokens, chunk_size=chunk, pairing=cfg.pairing)
     results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
 
     def write(tmp: Path) -> None:
