@@ -365,3 +365,14 @@ def test_recipe_starts_passthrough_and_writes_its_pairing(micro_dir, tmp_path):
     assert written["pairing"] == "next"
     spec, _ = latent.load_policy(res["final"])
     assert spec.pairing == "next"
+
+
+def test_resuming_a_checkpoint_from_before_the_pairing_setting_needs_next(tmp_path):
+    from workbench.errors import InputError
+    from workbench.train.latent_recipes import LatentHeadConfig, run_latent_head
+
+    ck = tmp_path / "l" / "checkpoint"
+    ck.mkdir(parents=True)
+    (ck / "config.json").write_text(json.dumps({"recipe": "latent-head", "steps": 2}))
+    with pytest.raises(InputError, match="trained with pairing 'next'.*resume it with pairing='next', not 'same'"):
+        run_latent_head(LatentHeadConfig(out_dir=str(tmp_path / "l"), progress=False), resume=True, bench=object())

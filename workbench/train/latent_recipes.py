@@ -556,10 +556,31 @@ def latent_head_stepper(
     return next_latent
 
 
+def _check_resume_pairing(cfg: LatentHeadConfig) -> None:
+    """A checkpoint written before the pairing was a setting trained with "next" (then the
+    only pairing) and records none; resuming it with another pairing would silently change
+    the math, so it is refused."""
+    from .checkpoint import CKPT_DIR
+    from .config import CONFIG_FILE
+
+    path = Path(cfg.out_dir) / CKPT_DIR / CONFIG_FILE
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no checkpoint / unreadable: the trainer says so
+    if isinstance(old, dict) and "pairing" not in old and cfg.pairing != "next":
+        raise InputError(
+            f"checkpoint {str(path.parent)!r} was trained with pairing 'next' (it predates the pairing setting); "
+            f"resume it with pairing='next', not {cfg.pairing!r}"
+        )
+
+
 def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
     from ..latent.heads import LATENT_HEAD_FILE, LatentHeadModule, passthrough_init_
     from ..latent.policies import LatentHead
 
+    if resume:
+        _check_resume_pairing(cfg)
     s = setup(cfg, bench)
     if s.close is None:
         raise InputError(f"the latent head ends thinking by self-exit on {CLOSE!r}, which the tokenizer of {cfg.model!r} lacks; use a thinking model (e.g. qwen3.5-micro)")
