@@ -654,25 +654,37 @@ class _SoftRunner(Runner):
 # --------------------------------------------------------------------------- pause tokens
 
 PAUSE_FILE = "pause_tokens.safetensors"
+_FROM_FILE = object()  # PauseTokens.load: take the end marker the pause file names
 
 
 @dataclass(frozen=True, eq=False)
 class PauseTokens:
     """Learned pause embeddings (`pause_embeds` [m, d]) fed right after the prompt, one
-    per position; then ordinary decoding continues (the model writes its chain of thought
-    and answer itself). Trained by the `pause` recipe (UPFT prefix-only loss)."""
+    per position, then ordinary decoding.
+
+    end: None (default): nothing is forced after the pauses, the model goes on writing
+        (the `pause` recipe, "pause tokens before CoT": it writes its chain of thought and
+        answer itself). A marker (string or id, e.g. "</think>"): fed as an ordinary token
+        right after the last pause, so the thinking block closes there and the model
+        answers directly with no chain (the `pause-answer` recipe, Goyal et al. 2023).
+        `PauseTokens.load` takes it from the pause file's metadata (key "end") unless
+        given."""
 
     tensors: dict
     path: str = ""
+    end: str | int | None = None
     name = "pause"
 
     def __post_init__(self):
         _check_tensors(self.tensors, "pause tokens")
+        _check_marker(self.end, "pause end marker")
 
     @staticmethod
-    def load(path: str) -> "PauseTokens":
+    def load(path: str, end: Any = _FROM_FILE) -> "PauseTokens":
         f = HeadFile.read(path, PAUSE_FILE)
-        return PauseTokens(f.tensors, path=f.path)
+        if end is _FROM_FILE:
+            end = _pause_file_end(f.path)
+        return PauseTokens(f.tensors, path=f.path, end=end)
 
     @property
     def count(self) -> int:
@@ -696,9 +708,27 @@ class PauseTokens:
             raise (FileFormatError if self.path else InputError)(f"pause tokens {self.path or '(tensors)'}: pause_embeds holds no embeddings (shape {list(t.shape)})")
         _validated(check_state, self.path, self.tensors, {"pause_embeds": (m, d)}, f"pause tokens {self.path or '(tensors)'}")
         p = next(bench.hf.parameters())
-        r = _PauseRunner(bench, batch_size, max_positions=m)
+        r = _PauseRunner(bench, batch_size, max_positions=m, end_id=marker_id(bench, self.end, "pause end marker"))
         r.embeds = self.tensors["pause_embeds"].to(device=p.device, dtype=p.dtype)
         return r
+
+
+def _pause_file_end(path: str) -> str | None:
+    """The end marker a `.safetensors` pause file names in its metadata ("end"), or None
+    (no metadata, a `.pt` file: the pause-before-CoT form)."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as h:
+            meta = h.metadata() or {}
+    except Exception as e:  # already read once by HeadFile.read: only a file changed in between
+        raise FileFormatError(f"{path}: the safetensors pause file is corrupt ({type(e).__name__}: {e})") from e
+    end = meta.get("end")
+    if end is not None and (not isinstance(end, str) or not end):
+        raise FileFormatError(f"{path}: metadata field 'end' must be a token string (the marker fed after the pauses), got {end!r}")
+    return end
 
 
 class _PauseRunner(Runner):
