@@ -1,6 +1,9 @@
 """Latent-reasoning recipes on the shared trainer: COCONUT curriculum, projection-head
 distillation (CODI / QThink style), latent-head training (the `latent_head.safetensors`
-format, frozen base) and pause tokens with the UPFT prefix-only loss.
+format, frozen base), pause tokens (`pause`: before the explicit chain of thought;
+`pause-answer`: Goyal et al. 2023, pauses then the answer with no chain) and one training
+path that is not latent: `upft` (Ji et al. 2025, the model fine-tuned on the first tokens
+of its own sampled answers, evaluated with explicit CoT).
 
 Every recipe trains on the built-in arithmetic task in the layout of `train.arith` (the
 prompt the evaluation uses, ending in `<think>\\n`), feeds its continuous inputs exactly as
@@ -9,8 +12,11 @@ the latent engine will at inference, and saves what the engine loads, with a
 
     out/
       latent_policy.json          method, steps, markers, which model to run on
-      model/                      fine-tuned weights (coconut; projection/pause when the base trains)
+      model/                      fine-tuned weights (coconut, upft; projection/pause when the base trains)
       projection_head.safetensors | latent_head.safetensors + adapter_config.json | pause_tokens.safetensors
+
+(`upft` writes `{"method": "cot", "model": "model"}`: explicit CoT on the fine-tuned model,
+which `latent.results` scores as the CoT baseline on that model.)
 
 Latent vectors are computed one at a time, each from a forward over everything before it
 (no cache, so gradients flow back through every latent step, as in COCONUT), then one
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, check_float, check_int
 from ..paths import atomic_dir, atomic_write_text
 from ..inputs import pad_left
 from .arith import EVAL_SETS, ArithData, Encoded, VocabView, encode_problems, eval_problems, pad_right
@@ -164,11 +170,14 @@ class LatentHeadConfig(LatentRecipeConfig):
 
 @dataclass
 class PauseConfig(LatentRecipeConfig):
-    """Pause tokens: `n_pause` learnable embeddings inserted right after the prompt
-    (before the chain of thought), trained with the UPFT prefix-only loss: cross-entropy
-    on the first `prefix_tokens` tokens of the reasoning only. `targets`: "gold" (the
-    reference chain) or "self" (the model's own greedy chain, UPFT's unsupervised form).
-    The base stays frozen unless `train_modules` / `lora_rank` say otherwise."""
+    """Pause tokens before CoT (the `pause` recipe, the "pause tokens before CoT" row):
+    `n_pause` learnable embeddings inserted right after the prompt and followed by the
+    full explicit chain of thought, trained with a prefix-only loss: cross-entropy on the
+    first `prefix_tokens` tokens of that chain only. `targets`: "gold" (the reference
+    chain) or "self" (the model's own greedy chain). What this measures is whether pauses
+    leave the model's CoT intact, not latent computation (that is `pause-answer`); it is
+    neither Goyal et al.'s pause training nor UPFT (that is `upft`). The base stays frozen
+    unless `train_modules` / `lora_rank` say otherwise."""
 
     recipe: str = "pause"
     out_dir: str = "runs/pause"
@@ -184,6 +193,62 @@ class PauseConfig(LatentRecipeConfig):
             raise InputError(f"n_pause and prefix_tokens must be >= 1, got {self.n_pause}, {self.prefix_tokens}")
         if self.targets not in ("gold", "self"):
             raise InputError(f"targets must be 'gold' or 'self', got {self.targets!r}")
+
+
+@dataclass
+class PauseAnswerConfig(LatentRecipeConfig):
+    """Pause tokens then the answer, no chain of thought (Goyal et al. 2023, "Think before
+    you speak", pause-finetuning): the prompt, `n_pause` pause embeddings, `</think>`
+    (forced: the thinking block closes right after the pauses), then the answer. Loss:
+    cross-entropy on the answer tokens only (what follows `</think>`); the prompt, the
+    pause positions' outputs and the forced `</think>` carry none. `shared_pause`: one
+    learned `<pause>` vector repeated `n_pause` times, as in the paper (False: `n_pause`
+    distinct vectors). The pause vector(s) train together with the base model through the
+    shared trainer (default: the decoder blocks and the final norm, or LoRA with
+    `lora_rank`; `train_modules=[]` and `lora_rank=0` train the pause vectors alone)."""
+
+    recipe: str = "pause-answer"
+    out_dir: str = "runs/pause-answer"
+    n_pause: int = 10
+    shared_pause: bool = True
+    steps: int = 300
+
+    def validate(self) -> None:
+        super().validate()
+        check_int(self.n_pause, "n_pause", low=1)
+
+
+@dataclass
+class UpftConfig(LatentRecipeConfig):
+    """UPFT (Ji et al. 2025, "The First Few Tokens Are All You Need"): fine-tune the model
+    itself on its own sampled answers. One sample per training problem from the starting
+    model (the CoT prompt, `temperature` / `top_p`, seeded by `seed`; kept in
+    `<out_dir>/upft_samples.json` so a resumed run trains on the same samples). A fraction
+    `full_ratio` of the problems (UPFT's structure-aware mix) keeps the whole sample (up to
+    `max_sample_tokens` tokens); every other one only its first `prefix_tokens` tokens.
+    Loss: cross-entropy on those sampled tokens only (the prompt carries none). Not a latent
+    method: the result is evaluated with explicit CoT. The model's weights train
+    (`train_modules` or `lora_rank`; a frozen base is refused)."""
+
+    recipe: str = "upft"
+    out_dir: str = "runs/upft"
+    prefix_tokens: int = 8
+    full_ratio: float = 0.1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_sample_tokens: int = 160
+    lr: float = 1e-4
+    steps: int = 200
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.train_modules and not self.lora_rank:
+            raise InputError("upft fine-tunes the model itself: set train_modules (non-empty) or lora_rank > 0")
+        check_int(self.prefix_tokens, "prefix_tokens", low=1)
+        check_int(self.max_sample_tokens, "max_sample_tokens (at least prefix_tokens)", low=self.prefix_tokens)
+        check_float(self.full_ratio, "full_ratio (the fraction of full-length samples)", low=0.0, high=1.0)
+        check_float(self.temperature, "temperature (UPFT samples: > 0; 0 would be the greedy chain)", low=0.0, low_open=True)
+        check_float(self.top_p, "top_p", low=0.0, high=1.0, low_open=True)
 
 
 # --------------------------------------------------------------------------- the pieces
@@ -644,13 +709,32 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
 # --------------------------------------------------------------------------- pause tokens
 
 
+def _pause_init(hf: nn.Module, n: int, seed: int) -> Tensor:
+    """`n` starting pause vectors [n, d] (float32): the mean of the real (non-zero) token
+    embeddings plus Gaussian noise of their per-dimension std, seeded."""
+    W = hf.get_input_embeddings().weight.detach()
+    rows = W[(W != 0).any(-1)]
+    g = torch.Generator().manual_seed(seed)
+    init = rows.mean(0) + torch.randn(n, W.shape[1], generator=g).to(W) * rows.std(0)
+    return init.float().clone()
+
+
+def _save_pause_file(path: Path, embeds: Tensor, end: str | None) -> None:
+    """The pause file; `end` (the marker fed after the pauses) goes in its metadata, so
+    `PauseTokens.load` (and `load_policy`) rebuild the same policy."""
+    from safetensors.torch import save_file
+
+    save_file({"pause_embeds": embeds.detach().float().cpu().contiguous()}, str(path), metadata={"end": end} if end else None)
+
+
 def run_pause(cfg: PauseConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    """Pause tokens before CoT (see `PauseConfig`)."""
     from ..latent.policies import PAUSE_FILE, PauseTokens
 
     s = setup(cfg, bench)
     hf, tok = s.bench.hf, s.bench.tokenizer
     targets: dict[int, list[int]] = {}
-    if cfg.targets == "self":  # UPFT: the model's own greedy chain, first prefix_tokens tokens
+    if cfg.targets == "self":  # the model's own greedy chain, first prefix_tokens tokens
         from ..generate import generate_full
 
         for i in range(0, len(s.data), 64):
@@ -658,11 +742,7 @@ def run_pause(cfg: PauseConfig, resume: bool = False, bench: Any = None, on_step
             res = generate_full(s.bench, [e.prompt for e in chunk], max_new_tokens=cfg.prefix_tokens, chat=False)
             for e, ids in zip(chunk, res.token_ids):
                 targets[id(e)] = list(ids)
-    W = hf.get_input_embeddings().weight.detach()
-    rows = W[(W != 0).any(-1)]
-    g = torch.Generator().manual_seed(cfg.seed)
-    init = rows.mean(0) + torch.randn(cfg.n_pause, W.shape[1], generator=g).to(W) * rows.std(0)
-    model = LatentModel(_prepare_base(hf, cfg), pause=init.float().clone())
+    model = LatentModel(_prepare_base(hf, cfg), pause=_pause_init(hf, cfg.n_pause, cfg.seed))
 
     def loss_fn(model: LatentModel, batch: list[Encoded]) -> StepLoss:
         after = [sum(e.steps, []) + e.suffix for e in batch]
@@ -697,9 +777,220 @@ def run_pause(cfg: PauseConfig, resume: bool = False, bench: Any = None, on_step
     return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
 
 
-RUNNERS = {"coconut": (CoconutConfig, run_coconut), "projection-head": (ProjectionConfig, run_projection), "latent-head": (LatentHeadConfig, run_latent_head), "pause": (PauseConfig, run_pause)}
+# --------------------------------------------------------------------------- pause tokens, then the answer (Goyal et al.)
+
+
+def answer_weights(batch: Sequence[Encoded], close: int | None) -> list[list[int]]:
+    """Per row of `pause_answer_loss`'s text after the pauses (`e.suffix`): 1 for an
+    answer token, 0 for the leading `</think>` (forced at inference, so never predicted)."""
+    out = []
+    for e in batch:
+        skip = 1 if close is not None and e.suffix[:1] == [close] else 0
+        out.append([0] * skip + [1] * (len(e.suffix) - skip))
+    return out
+
+
+def pause_answer_loss(vocab: VocabView, model: LatentModel, batch: Sequence[Encoded], n_pause: int, close: int | None) -> StepLoss:
+    """Goyal et al.'s pause-finetuning loss on one batch: prompt, `n_pause` pause vectors
+    (`model.pause`, [1, d] repeated or [n_pause, d]), then `e.suffix`
+    (`</think>\n\n#### ans<|im_end|>`); cross-entropy on the answer tokens only (every
+    suffix token after `</think>`, each predicted from the position before it). The prompt
+    and the pause positions' outputs carry no loss, nor does `</think>` (an input here, as
+    at inference)."""
+    pause = model.pause.expand(n_pause, -1) if model.pause.shape[0] == 1 else model.pause
+    u = unroll(model.hf, [e.prompt for e in batch], n_pause, None, [e.suffix for e in batch], fixed=pause)
+    w, _ = pad_right(answer_weights(batch, close))
+    loss, n = after_loss(vocab, u, w[:, : u.after_ids.shape[1]])
+    return StepLoss(loss, tokens=n)
+
+
+def run_pause_answer(cfg: PauseAnswerConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    """Pause tokens then the answer, no chain (see `PauseAnswerConfig`)."""
+    from ..latent.policies import PAUSE_FILE, PauseTokens
+
+    s = setup(cfg, bench)
+    hf, tok = s.bench.hf, s.bench.tokenizer
+    K = cfg.n_pause
+    base = _prepare_base(hf, cfg)
+    model = LatentModel(base, pause=_pause_init(hf, 1 if cfg.shared_pause else K, cfg.seed))
+    res = train(model, s.data, lambda m, batch: pause_answer_loss(s.vocab, m, batch, K, s.close), cfg, resume=resume, on_step=on_step, cancel=cancel)
+    results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
+    if res.status != "done":
+        return {"status": res.status, **results}
+    base_trained = bool(cfg.train_modules or cfg.lora_rank)
+    hf = _merged(model.base).eval()
+    s.bench.hf = hf
+    embeds = model.pause.detach().float().cpu().expand(K, -1).contiguous()
+    spec = PauseTokens({"pause_embeds": embeds}, end=s.end)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+
+    def write(tmp: Path) -> None:
+        if base_trained:
+            _save_model(hf, tok, tmp / "model")
+        _save_pause_file(tmp / PAUSE_FILE, embeds, s.end)
+        _write_policy(tmp, {"method": "pause", "recipe": "pause-answer", "model": "model" if base_trained else cfg.model, "head": PAUSE_FILE, "steps": K, "end": s.end})
+
+    return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
+
+
+# --------------------------------------------------------------------------- UPFT (Ji et al.)
+
+UPFT_SAMPLES = "upft_samples.json"
+_SAMPLE_CHUNK = 64
+
+
+@dataclass
+class UpftExample:
+    """One training row of `upft`: the CoT prompt and the model's own sampled tokens after
+    it (the first `prefix_tokens`, or the whole sample for a full-length row)."""
+
+    problem_id: str
+    prompt: list[int]
+    sample: list[int]
+    full: bool
+
+
+def upft_full_rows(n: int, ratio: float, seed: int) -> set[int]:
+    """Indices of the `round(ratio * n)` problems that keep their whole sample (seeded)."""
+    k = int(round(ratio * n))
+    return set(random.Random(f"upft-full:{seed}").sample(range(n), k))
+
+
+def upft_sample_seed(seed: int, full: bool, chunk: int) -> int:
+    """Generator seed of sampling chunk `chunk` (of 64 prompts, in data order) of the
+    prefix rows (full=False) or the full-length rows."""
+    return (seed * 7919 + (100_003 if full else 0) + chunk) % 2_147_483_647
+
+
+def upft_samples(bench: Any, data: Sequence[Encoded], cfg: UpftConfig) -> list[UpftExample]:
+    """The model's own sampled answers to every training prompt (temperature
+    `cfg.temperature`, `cfg.top_p`): `prefix_tokens` new tokens for a prefix row,
+    `max_sample_tokens` for a full-length row (`upft_full_rows`), generated 64 prompts at a
+    time (in data order, prefix rows first) with the seed `upft_sample_seed`. A sample
+    ends early only where the model emits its end-of-turn token (kept: it is part of the
+    sample)."""
+    from ..generate import generate_full
+
+    full = upft_full_rows(len(data), cfg.full_ratio, cfg.seed)
+    out: list[UpftExample | None] = [None] * len(data)
+    for is_full in (False, True):
+        idx = [i for i in range(len(data)) if (i in full) == is_full]
+        for c in range(0, len(idx), _SAMPLE_CHUNK):
+            part = idx[c : c + _SAMPLE_CHUNK]
+            res = generate_full(
+                bench, [data[i].prompt for i in part], chat=False, temperature=cfg.temperature, top_p=cfg.top_p,
+                max_new_tokens=cfg.max_sample_tokens if is_full else cfg.prefix_tokens, seed=upft_sample_seed(cfg.seed, is_full, c // _SAMPLE_CHUNK),
+            )  # fmt: skip
+            for i, ids in zip(part, res.token_ids):
+                out[i] = UpftExample(str(data[i].problem.id), list(data[i].prompt), [int(t) for t in ids], is_full)
+    return [x for x in out if x is not None]
+
+
+def _upft_header(cfg: UpftConfig) -> dict:
+    keys = ("model", "seed", "n_train", "min_reasoning_steps", "max_reasoning_steps", "digits", "prefix_tokens", "full_ratio", "temperature", "top_p", "max_sample_tokens")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def _upft_load_samples(path: Path, cfg: UpftConfig, data: Sequence[Encoded]) -> list[UpftExample] | None:
+    """The samples a run saved (for an exact resume), or None when they do not belong to
+    this run's settings and data (then they are drawn again)."""
+    from ..errors import FileFormatError
+    from ..paths import read_json_object
+
+    try:
+        saved = read_json_object(path)
+    except (FileFormatError, ValueError) as e:
+        raise FileFormatError(f"{path}: the saved UPFT samples cannot be read ({e}); delete the file to sample again") from None
+    if saved.get("config") != _upft_header(cfg):
+        return None
+    rows = saved.get("samples")
+    if not isinstance(rows, list) or len(rows) != len(data):
+        raise FileFormatError(f"{path}: field 'samples' must list one sample per training problem ({len(data)})")
+    out = []
+    for e, r in zip(data, rows):
+        if not isinstance(r, dict) or r.get("id") != str(e.problem.id) or not isinstance(r.get("ids"), list) or not isinstance(r.get("full"), bool):
+            raise FileFormatError(f"{path}: sample {len(out)} does not match training problem {e.problem.id!r}; delete the file to sample again")
+        out.append(UpftExample(str(e.problem.id), list(e.prompt), [int(t) for t in r["ids"]], r["full"]))
+    return out
+
+
+def _full_vocab_ce(vocab: VocabView, hidden: Tensor, targets: Tensor) -> Tensor:
+    """`vocab.ce`, also for targets whose unembedding row is all zero (a compact-vocabulary
+    model samples those too: their logit is exactly 0), so a sample is trained on as the
+    model wrote it. Equal to the full-vocabulary cross-entropy either way."""
+    from .arith import _full_logsumexp
+
+    if vocab.ids is None:
+        return vocab.ce(hidden, targets)
+    W = vocab.hf.get_output_embeddings().weight
+    local = vocab.lookup[targets.cpu()].to(W.device)
+    logits = hidden.float() @ W[vocab.ids.to(W.device)].float().t()
+    tgt = torch.where(local >= 0, logits.gather(-1, local.clamp(min=0)[:, None])[:, 0], torch.zeros_like(logits[:, 0]))
+    return (_full_logsumexp(logits, vocab.V - len(vocab.ids)) - tgt).mean()
+
+
+def upft_loss(vocab: VocabView, model: LatentModel, batch: Sequence[UpftExample]) -> StepLoss:
+    """UPFT's loss: cross-entropy on each row's sampled tokens only (each predicted from the
+    position before it); the prompt carries none."""
+    rows = [x.prompt + x.sample for x in batch]
+    E, M, ids = _right_pad(model.hf, rows)
+    h = _base_forward(model.hf, E, M).last_hidden_state
+    r_idx = [i for i, x in enumerate(batch) for _ in x.sample]
+    p_idx = [len(x.prompt) - 1 + j for x in batch for j in range(len(x.sample))]
+    if not r_idx:
+        return StepLoss(h.sum() * 0.0, tokens=0)
+    r, p = torch.tensor(r_idx, device=h.device), torch.tensor(p_idx, device=h.device)
+    return StepLoss(_full_vocab_ce(vocab, h[r, p], ids[r, p + 1]), tokens=len(r_idx))
+
+
+def run_upft(cfg: UpftConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
+    """UPFT (see `UpftConfig`): sample, then fine-tune the model on its own prefixes."""
+    from ..errors import check_writable_target
+    from ..paths import atomic_write_text as write_text
+    from .checkpoint import CKPT_DIR
+
+    check_writable_target(cfg.out_dir, "out_dir")
+    out = Path(cfg.out_dir)
+    if not resume and (out / CKPT_DIR).exists():  # before sampling overwrites that run's samples
+        raise InputError(f"{str(out)!r} already holds a checkpoint; pass resume=True (--resume) to continue it, or choose another out_dir")
+    s = setup(cfg, bench)
+    hf, tok = s.bench.hf, s.bench.tokenizer
+    path = out / UPFT_SAMPLES
+    got = _upft_load_samples(path, cfg, s.data) if resume and path.is_file() else None
+    if got is None:
+        hf.eval()
+        got = upft_samples(s.bench, s.data, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": x.problem_id, "full": x.full, "ids": x.sample} for x in got]
+        write_text(path, json.dumps({"config": _upft_header(cfg), "samples": rows}) + "\n")
+    examples = got
+    model = LatentModel(_prepare_base(hf, cfg))
+    res = train(model, examples, lambda m, batch: upft_loss(s.vocab, m, batch), cfg, resume=resume, on_step=on_step, cancel=cancel)
+    n_full = sum(x.full for x in examples)
+    results: dict[str, Any] = {
+        "steps": res.step, "final_loss": res.final_loss, "samples": len(examples), "full_length_samples": n_full,
+        "mean_prefix_tokens": sum(len(x.sample) for x in examples if not x.full) / max(1, len(examples) - n_full),
+    }  # fmt: skip
+    if res.status != "done":
+        return {"status": res.status, **results}
+    hf = _merged(model.base).eval()
+    s.bench.hf = hf
+    results["eval"] = quick_eval(s.bench, "cot", cfg.eval_n)
+
+    def write(tmp: Path) -> None:
+        _save_model(hf, tok, tmp / "model")
+        _write_policy(tmp, {"method": "cot", "recipe": "upft", "model": "model"})
+
+    return {"status": "done", "final": str(_finish(cfg, write, results)), **results}
+
+
+RUNNERS = {
+    "coconut": (CoconutConfig, run_coconut), "projection-head": (ProjectionConfig, run_projection), "latent-head": (LatentHeadConfig, run_latent_head),
+    "pause": (PauseConfig, run_pause), "pause-answer": (PauseAnswerConfig, run_pause_answer), "upft": (UpftConfig, run_upft),
+}  # fmt: skip
 
 __all__ = [
-    "LatentRecipeConfig", "CoconutConfig", "ProjectionConfig", "LatentHeadConfig", "PauseConfig", "LatentModel", "unroll", "after_loss",
-    "run_coconut", "run_projection", "run_latent_head", "run_pause", "RUNNERS", "POLICY_FILE",
+    "LatentRecipeConfig", "CoconutConfig", "ProjectionConfig", "LatentHeadConfig", "PauseConfig", "PauseAnswerConfig", "UpftConfig", "LatentModel",
+    "unroll", "after_loss", "run_coconut", "run_projection", "run_latent_head", "run_pause", "run_pause_answer", "run_upft", "pause_answer_loss",
+    "upft_samples", "upft_loss", "RUNNERS", "POLICY_FILE",
 ]  # fmt: skip
