@@ -3,8 +3,9 @@
 On the Qwen3.5 micro model (trained once per machine): train every latent recipe with its
 default config (skipped when `<out>/<recipe>/final` exists; an interrupted run resumes),
 then score no-CoT, explicit CoT and each recipe through the latent engine on the held-out
-arithmetic sets of every difficulty (`train.arith.EVAL_SETS`). Writes `results.json` and
-`results.md` (atomic) into `out`.
+arithmetic sets of every difficulty (`train.arith.EVAL_SETS`); a training path that is not
+a latent method (`upft`) is scored as explicit CoT on its fine-tuned model. Writes
+`results.json` and `results.md` (atomic) into `out`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,33 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-RECIPE_ROWS = (("COCONUT", "coconut"), ("projection head", "projection-head"), ("latent head", "latent-head"), ("pause tokens", "pause"))
+# (row label, recipe). Each label says what the row measures: "pause tokens before CoT" is
+# the pause recipe followed by the model's explicit chain (do pauses leave CoT intact?);
+# "pause tokens, no CoT (Goyal)" answers right after the pauses (latent computation in the
+# pause positions); "UPFT, then CoT" is the model fine-tuned on its own sampled prefixes,
+# scored with explicit CoT (a training path, not a latent method).
+RECIPE_ROWS = (
+    ("COCONUT", "coconut"), ("projection head", "projection-head"), ("latent head", "latent-head"),
+    ("pause tokens before CoT", "pause"), ("pause tokens, no CoT (Goyal)", "pause-answer"), ("UPFT, then CoT", "upft"),
+)  # fmt: skip
+
+
+def row_method(final: str | Path) -> tuple[Any, str]:
+    """(what `evaluate` runs, the model it runs on) for a recipe's final folder: the
+    latent policy `load_policy` reads, or "cot" on the folder's fine-tuned model for a
+    training path that is evaluated with explicit CoT (`upft`: method "cot")."""
+    from ..errors import FileFormatError
+    from ..paths import read_json_object
+    from .policies import POLICY_FILE, load_policy
+
+    path = Path(final) / POLICY_FILE
+    cfg = read_json_object(path) if path.is_file() else {}
+    if cfg.get("method") == "cot":
+        model = cfg.get("model")
+        if not isinstance(model, str) or not model:
+            raise FileFormatError(f"{path}: method 'cot' needs 'model', the fine-tuned model's folder (relative) or a registry name; got {model!r}")
+        return "cot", str(Path(final) / model) if (Path(final) / model).exists() else model
+    return load_policy(str(final))
 
 
 def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, overrides: dict | None = None) -> tuple[Path, dict]:
@@ -61,7 +88,6 @@ def results(
     from ..paths import atomic_write_text
     from ..train.arith import EVAL_SETS, eval_problems
     from .eval import evaluate
-    from .policies import load_policy
 
     from ..errors import InputError, check_writable_target
     from ..inputs import check_integer
@@ -86,7 +112,7 @@ def results(
         if recipes is not None and recipe not in recipes:
             continue
         final, info = ensure_recipe(recipe, out, model, retrain, (overrides or {}).get(recipe))
-        spec, m = load_policy(str(final))
+        spec, m = row_method(final)
         if m not in benches:
             benches[m] = load(m, device="cpu")
         rows.append((label, benches[m], spec, {"train_seconds": info.get("train_seconds"), "folder": str(final)}))
@@ -122,4 +148,4 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["results", "markdown", "ensure_recipe", "RECIPE_ROWS"]
+__all__ = ["results", "markdown", "ensure_recipe", "row_method", "RECIPE_ROWS"]
