@@ -96,7 +96,9 @@ RECIPES: dict[str, Recipe] = {
     "coconut": Recipe("coconut", "COCONUT curriculum: stage k replaces k reasoning steps with k x c latent thoughts", _latent_config("coconut"), _latent_run("coconut")),
     "projection-head": Recipe("projection-head", "CODI/QThink projection head: match the teacher's hidden states at the answer", _latent_config("projection-head"), _latent_run("projection-head")),
     "latent-head": Recipe("latent-head", "latent head (latent_head.safetensors) on a frozen base", _latent_config("latent-head"), _latent_run("latent-head")),
-    "pause": Recipe("pause", "pause tokens: learnable embeddings after the prompt, UPFT prefix-only loss", _latent_config("pause"), _latent_run("pause")),
+    "pause": Recipe("pause", "pause tokens before CoT: learnable embeddings after the prompt, then the explicit chain (loss on its first tokens)", _latent_config("pause"), _latent_run("pause")),
+    "pause-answer": Recipe("pause-answer", "pause tokens, no CoT (Goyal et al. 2023): prompt + pauses + </think>, loss on the answer only", _latent_config("pause-answer"), _latent_run("pause-answer")),
+    "upft": Recipe("upft", "UPFT (Ji et al. 2025): fine-tune the model on the first tokens of its own sampled answers; evaluated with CoT", _latent_config("upft"), _latent_run("upft")),
     "micro": Recipe("micro", "train the Qwen3.5 micro model from scratch on arithmetic with <think> chains (the machine cache without --out)", _micro_config, _run_micro),
 }
 
