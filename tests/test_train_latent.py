@@ -186,6 +186,7 @@ def test_recipes_train_and_save_what_the_engine_loads(micro_dir, micro, tmp_path
     assert cfg["think_close_token_id"] == 248069 and cfg["max_internal_tokens"] == 6
     spec, _ = latent.load_policy(runs["pause"]["final"])
     assert isinstance(spec, latent.PauseTokens) and spec.count == 2
+    assert spec.end is None  # pause tokens before CoT: nothing forced after the pauses (a file without metadata loads as before)
 
 
 def test_latent_head_latents_in_training_are_the_engine_latents(micro, tmp_path):
