@@ -569,10 +569,14 @@ class SoftThinking:
     """Training-free soft thinking: the next input is the probability-weighted mix of token
     embeddings under the truncated distribution (temperature, top-k, top-p, min-p).
 
-    Ends when the argmax is `</think>` (self-exit), by the cold stop (entropy of the
-    truncated distribution below `cold_entropy` nats for `cold_patience` consecutive steps;
-    0 disables it), or after `max_steps` steps (maxed); then `</think>` is fed (when the
-    tokenizer has one)."""
+    Ends when the argmax is `</think>` (self-exit), by the cold stop, or after `max_steps`
+    steps (maxed); then `</think>` is fed (when the tokenizer has one). The cold stop is
+    Soft Thinking's: the entropy of the full distribution softmax(logits / temperature),
+    measured before any top-k / top-p / min-p truncation (the truncation shapes the mixture
+    only), below `cold_entropy` nats for `cold_patience` consecutive latent steps (0
+    disables it). The original's scripts use thresholds 0.01-0.1 with a length threshold
+    of 256 steps; the default patience here is 8, since these loops think for tens of
+    steps, not thousands."""
 
     max_steps: int = 64
     temperature: float = 0.6
@@ -616,6 +620,14 @@ class SoftThinking:
         return r
 
 
+def cold_stop_entropy(logits: Tensor, temperature: float) -> Tensor:
+    """Soft Thinking's cold-stop entropy [batch] (nats): H(softmax(logits / temperature))
+    over the whole vocabulary, before truncation (a step whose top token has p >= top_p is
+    one-hot after truncation but not cold under this rule)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 class _SoftRunner(Runner):
     method = "soft_thinking"
     spec: SoftThinking
@@ -624,8 +636,7 @@ class _SoftRunner(Runner):
         s = self.spec
         if s.cold_patience <= 0:
             return
-        p = truncate_probs(state.logits, s.temperature, s.top_k, s.top_p, s.min_p)
-        ent = -(p * p.clamp_min(1e-30).log()).sum(-1)
+        ent = cold_stop_entropy(state.logits, s.temperature)
         for i in range(self.B):
             if self.phase[i] == "think" and self._chunk_left[i] == 0:
                 self._low[i] = self._low[i] + 1 if float(ent[i]) < s.cold_entropy else 0
