@@ -231,7 +231,7 @@ def test_latent_head_matches_uncached_reference(qwen_tiny, tmp_path, chunk, budg
     bench = qwen_tiny
     tensors = random_latent_head_tensors(bench.hf, seed=5, scale=0.1)
     save_file(tensors, str(tmp_path / "latent_head.safetensors"))
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"think_close_token_id": 248069, "chunk_size": chunk, "max_internal_tokens": budget}))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"think_close_token_id": 248069, "chunk_size": chunk, "max_internal_tokens": budget, "pairing": "next"}))
     ids = bench.tokenizer.encode("<|im_start|>user\nWhat is 7 times 6?<|im_end|>\n<|im_start|>assistant\n<think>\n")
     pol = latent.LatentHead.load(str(tmp_path))
     assert (pol.chunk_size, pol.max_internal_tokens, pol.think_close_token_id) == (chunk, budget, 248069)

@@ -215,7 +215,12 @@ def run_stream(
     out_steps: list[list[LatentStep]] = [[] for _ in range(B)]
     fed: list[list[tuple[str, int]]] = [[] for _ in range(B)]
     visible: list[list[int]] = [[] for _ in range(B)]
-    hiddens: list[list[Tensor]] = [[] for _ in range(B)]
+    # per loop step: the [B, d] hidden states (one device copy per step, moved to the host
+    # in blocks of 64 steps) and which rows fed something, instead of one host transfer
+    # per row per step
+    step_hidden: list[Tensor] = []
+    host_hidden: list[Tensor] = []
+    step_rows: list[list[int]] = []
     decode = lambda ids: bench.tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=False)  # noqa: E731
     t0 = time.perf_counter()
     for st in generate_stream(
@@ -225,31 +230,49 @@ def run_stream(
     ):  # fmt: skip
         rec = st.records
         new = rec.get("new")
+        new_l = new.tolist() if new is not None else None
         lat_index = rec.get("latent_index")
+        lat_l, forced_l, tok_l = st.latent.tolist(), st.forced.tolist(), st.tokens.tolist()  # one transfer each
         new_steps: list[tuple[int, LatentStep]] = []
         tokens: list[tuple[int, int]] = []
+        fed_rows: list[int] = []
         for i in range(B):
-            if bool(st.latent[i]):
-                hiddens[i].append(st.hidden[i].float().cpu())
-                if new is not None and bool(new[i]):
+            if lat_l[i]:
+                fed_rows.append(i)
+                if new_l is not None and new_l[i]:
                     step = _make_step(i, st, rec, int(lat_index[i]), st.logits[i], embed_norm, k)
                     out_steps[i].append(step)
                     new_steps.append((i, step))
                 fed[i].append(("latent", runner.n_steps[i] - 1))
-            elif bool(st.forced[i]):
-                hiddens[i].append(st.hidden[i].float().cpu())
-                fed[i].append(("forced", int(st.tokens[i])))
-            elif int(st.tokens[i]) >= 0:
-                hiddens[i].append(st.hidden[i].float().cpu())
-                fed[i].append(("token", int(st.tokens[i])))
-                visible[i].append(int(st.tokens[i]))
-                tokens.append((i, int(st.tokens[i])))
+            elif forced_l[i]:
+                fed_rows.append(i)
+                fed[i].append(("forced", tok_l[i]))
+            elif tok_l[i] >= 0:
+                fed_rows.append(i)
+                fed[i].append(("token", tok_l[i]))
+                visible[i].append(tok_l[i])
+                tokens.append((i, tok_l[i]))
+        if fed_rows:
+            # a copy: the fast decode path reuses its output buffer across steps
+            step_hidden.append(st.hidden.to(torch.float32, copy=True))
+            step_rows.append(fed_rows)
+            if len(step_hidden) == 64:  # to the host in blocks: device memory stays bounded
+                host_hidden.append(torch.stack(step_hidden).cpu())
+                step_hidden = []
         if readout and new_steps:
             from .readout import decompose_steps
 
             decompose_steps(bench, [s for _, s in new_steps], k=k, n_candidates=n_candidates)
         yield LatentUpdate(st.index, new_steps, tokens, [decode(v) for v in visible] if decode_text else None)
     wall = time.perf_counter() - t0
+    hiddens: list[list[Tensor]] = [[] for _ in range(B)]
+    if step_hidden:
+        host_hidden.append(torch.stack(step_hidden).cpu())
+    if host_hidden:
+        H = torch.cat(host_hidden)  # [n_fed_steps, B, d]
+        for t, fed_rows in enumerate(step_rows):
+            for i in fed_rows:
+                hiddens[i].append(H[t, i])
     traces = []
     for i in range(B):
         traces.append(
