@@ -47,6 +47,11 @@ class LatentTab:
             folder = allowed_path(self.ctx, path_text, what="recipe folder", allow_dir=True)
             # every path the folder's latent_policy.json names is confined like a typed one
             spec, trained_on = latent.load_policy(str(folder), allowed=self.ctx.readable_dirs)
+            if spec == "cot":
+                raise InputError(
+                    f"{folder.name} holds a model fine-tuned for explicit chain-of-thought (e.g. upft), not a latent policy: "
+                    f"load its model ({trained_on}) in the Model tab and generate with explicit thinking"
+                )
             names = {bench.name, str(Path(bench.name).expanduser().resolve()) if bench.name else ""}
             if trained_on and trained_on not in names and str(Path(trained_on).resolve()) not in names:
                 raise InputError(f"{folder.name} was trained on model {trained_on!r}; select that model in the Model tab first")

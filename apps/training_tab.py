@@ -1,6 +1,7 @@
 """Training tab: bake the Steering tab's vector into the weights (distillation through the
-shared trainer, or an exact fold), or train a latent-reasoning recipe (COCONUT curriculum,
-projection head, latent head, pause tokens); live loss curves from the trainer's `on_step`
+shared trainer, or an exact fold), or train a latent-reasoning recipe (any of the core's
+`train.latent_recipes.RUNNERS`: COCONUT curriculum, projection head, latent head, pause
+tokens before CoT, Goyal pauses, UPFT); live loss curves from the trainer's `on_step`
 callback, cancel, resume, and the result loaded back for the other tabs (a baked or
 COCONUT model becomes the selected model; a head folder feeds the Latent tab's `trained`
 policy)."""
@@ -16,12 +17,13 @@ from typing import Any, Iterator
 import gradio as gr
 
 from workbench.errors import InputError, OutputExistsError
+from workbench.train.latent_recipes import RUNNERS as _LATENT_RUNNERS
 from workbench.viz.train import loss_figure
 
 from ._common import AppContext, handler, output_file, parse_float, parse_int
 
 MODES = ("distil", "fold")
-LATENT_RECIPES = ("coconut", "projection-head", "latent-head", "pause")
+LATENT_RECIPES = tuple(_LATENT_RUNNERS)  # the core's recipe registry: the tab adds none of its own
 
 
 class TrainingTab:
@@ -146,6 +148,11 @@ class TrainingTab:
         if (final / "model").is_dir():
             key = str((final / "model").resolve())
             self.ctx.registry.slot(key)
+            from workbench.latent import load_policy
+
+            if load_policy(str(final))[0] == "cot":  # upft: a fine-tuned model, scored with explicit CoT
+                yield loss_figure(history), f"done; model loaded as `{key}`: generate with explicit thinking (no latent policy)", key
+                return
             yield loss_figure(history), f"done ({stages} stage(s)); model loaded as `{key}`; in the Latent tab choose policy `trained` with path `{final}`", key
             return
         yield loss_figure(history), f"done; in the Latent tab choose policy `trained` with path `{final}`", gr.update()

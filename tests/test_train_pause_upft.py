@@ -127,7 +127,7 @@ def _upft_cfg(micro_dir, out, **kw):
     return UpftConfig(model=str(micro_dir), out_dir=str(out), prefix_tokens=4, full_ratio=0.25, max_sample_tokens=10, temperature=1.0, **{**TINY, **kw})
 
 
-def test_upft_trains_the_model_on_its_own_sampled_prefixes(micro_dir, micro, tmp_path):
+def test_upft_trains_the_model_on_its_own_sampled_prefixes(micro_dir, micro, tmp_path, capsys):
     cfg = _upft_cfg(micro_dir, tmp_path / "u")
     data = arith.encode_problems(micro.tokenizer, cfg.problems(seed=2000 + cfg.seed))
     ex = upft_samples(micro, data, cfg)
@@ -174,6 +174,13 @@ def test_upft_trains_the_model_on_its_own_sampled_prefixes(micro_dir, micro, tmp
 
     method, model_dir = row_method(final)
     assert method == "cot" and model_dir == str(final / "model")
+    assert latent.load_policy(str(final)) == ("cot", str(final / "model"))  # what eval, the app and the CLI read
+    from workbench.cli import main
+
+    capsys.readouterr()
+    assert main(["latent", "run", "2+2?", "--model", str(final / "model"), "--method", "trained", "--head", str(final)]) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuned for explicit chain-of-thought" in err and "Traceback" not in err
 
 
 def test_upft_resumes_exactly_on_the_saved_samples(micro_dir, tmp_path, monkeypatch):

@@ -75,6 +75,8 @@ def make_policy(args, method: str, bench=None):
         if not args.head:
             raise InputError("--method trained needs --head FOLDER (the 'final' folder a latent training recipe wrote)")
         spec, _model = latent.load_policy(args.head)
+        if spec == "cot":  # a model fine-tuned for explicit CoT (upft): scored as the CoT baseline
+            return spec
         return spec if steps is None else spec.with_steps(steps)
     raise InputError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
@@ -126,10 +128,17 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from .. import latent
+    from ..errors import InputError
 
     check_policy_args(args, [args.method])
     bench = load_from_args(args)
     pol = make_policy(args, args.method, bench)
+    if pol == "cot":
+        raise InputError(
+            f"{args.head} holds a model fine-tuned for explicit chain-of-thought (method 'cot', e.g. upft), not a latent policy: "
+            "generate with `workbench generate` on the model folder its latent_policy.json names, or score it with "
+            "`workbench latent eval --method trained`"
+        )
     tr = latent.run(bench, args.prompt, pol, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                     chat=not args.raw, k=args.k)  # fmt: skip
     if args.json:

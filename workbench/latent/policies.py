@@ -758,7 +758,9 @@ POLICY_FILE = "latent_policy.json"
 
 def load_policy(folder: str, allowed: Any = None) -> tuple[Any, str]:
     """The latent policy a training recipe saved in `folder` (its `latent_policy.json`)
-    and the model it runs on (a model folder or a registry name). Returns (spec, model).
+    and the model it runs on (a model folder or a registry name). Returns (spec, model);
+    for a training path that is scored with explicit CoT (`upft`, method "cot") the spec
+    is the string "cot", `latent.eval`'s chain-of-thought baseline, on the fine-tuned model.
 
     allowed: folders the caller may read (the app passes its allowed folders and its
     output folder). With it, `folder` and every path the file names (`head`, `model`)
@@ -787,7 +789,7 @@ def load_policy(folder: str, allowed: Any = None) -> tuple[Any, str]:
     except ValueError as e:
         raise FileFormatError(str(e)) from None
     base = cfg_path.parent
-    methods = ("coconut", "projection", "latent_head", "pause")
+    methods = ("coconut", "projection", "latent_head", "pause", "cot")
     method = cfg.get("method")
     if method not in methods:
         raise FileFormatError(f"{cfg_path}: unknown method {method!r} (field 'method'); expected {', '.join(methods)}")
@@ -815,6 +817,10 @@ def load_policy(folder: str, allowed: Any = None) -> tuple[Any, str]:
             raise FileFormatError(f"{cfg_path}: method {method!r} needs 'steps', a positive integer; got {v!r}")
         return v
 
+    if method == "cot":  # a training path scored with explicit CoT (upft): the spec is the "cot" baseline
+        if not model:
+            raise FileFormatError(f"{cfg_path}: method 'cot' needs 'model', the fine-tuned model's folder (relative) or a registry name")
+        return "cot", model
     if method == "coconut":
         try:
             spec: Any = Coconut(steps=steps(), begin=cfg.get("begin"), end=cfg.get("end"), stop=cfg.get("stop"))

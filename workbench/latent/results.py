@@ -28,20 +28,11 @@ RECIPE_ROWS = (
 
 
 def row_method(final: str | Path) -> tuple[Any, str]:
-    """(what `evaluate` runs, the model it runs on) for a recipe's final folder: the
-    latent policy `load_policy` reads, or "cot" on the folder's fine-tuned model for a
-    training path that is evaluated with explicit CoT (`upft`: method "cot")."""
-    from ..errors import FileFormatError
-    from ..paths import read_json_object
-    from .policies import POLICY_FILE, load_policy
+    """(what `evaluate` runs, the model it runs on) for a recipe's final folder: what
+    `load_policy` reads (a latent policy, or "cot" on the folder's fine-tuned model for a
+    training path evaluated with explicit CoT, such as `upft`)."""
+    from .policies import load_policy
 
-    path = Path(final) / POLICY_FILE
-    cfg = read_json_object(path) if path.is_file() else {}
-    if cfg.get("method") == "cot":
-        model = cfg.get("model")
-        if not isinstance(model, str) or not model:
-            raise FileFormatError(f"{path}: method 'cot' needs 'model', the fine-tuned model's folder (relative) or a registry name; got {model!r}")
-        return "cot", str(Path(final) / model) if (Path(final) / model).exists() else model
     return load_policy(str(final))
 
 
