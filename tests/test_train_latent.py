@@ -243,3 +243,29 @@ def test_recipes_on_a_model_without_a_thinking_block(smol, tmp_path):
     assert spec.end is None and spec.steps == 1 and model.endswith("model")
     tr = latent.run(wb.load(model, device="cpu"), p.question, spec, max_new_tokens=2, readout=False)
     assert tr.latent_steps == 1 and tr.exit == "fixed"
+
+
+def test_coconut_stages_see_different_problems(micro_dir, tmp_path, monkeypatch):
+    """Each stage draws its own data order. With one seed every stage started at step 0 of
+    the same permutation: 120 steps x batch 16 meant the same 1,920 of 4,000 problems, in the
+    same order, at every stage (the original reshuffles the whole set every epoch)."""
+    from workbench.train import latent_recipes as lr
+    from workbench.train.loop import batch_indices
+
+    seen = []
+    real_train = lr.train
+
+    def spy(model, data, loss_fn, cfg, **kw):
+        seen.append((cfg.seed, [i for s in range(cfg.steps) for i in batch_indices(len(data), s, 0, cfg)]))
+        return real_train(model, data, loss_fn, cfg, **kw)
+
+    monkeypatch.setattr(lr, "train", spy)
+    cfg = CoconutConfig(model=str(micro_dir), out_dir=str(tmp_path / "c"), max_reasoning_steps=3, **RECIPE)
+    assert run_coconut(cfg)["status"] == "done"
+    assert [s for s, _ in seen] == [lr.coconut_stage_seed(cfg.seed, k) for k in (1, 2, 3)]
+    assert len({s for s, _ in seen}) == 3
+    orders = [tuple(o) for _, o in seen]
+    assert len(set(orders)) == 3, "every stage trained on the same examples in the same order"
+    # resuming a stage uses that stage's seed again: the order is a function of (stage seed, step)
+    again = lr.coconut_stage_seed(cfg.seed, 2)
+    assert again == seen[1][0]

@@ -450,6 +450,12 @@ def quick_eval(bench: Any, spec: Any, n: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- COCONUT
 
 
+def coconut_stage_seed(seed: int, stage: int) -> int:
+    """The trainer seed of COCONUT stage `stage` (its data order and any sampling): the
+    original reshuffles the whole set every epoch; here each stage draws its own order."""
+    return int(seed) + 7919 * int(stage)
+
+
 def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
     from ..latent.policies import Coconut
 
@@ -467,7 +473,9 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
             return StepLoss(loss, tokens=n, metrics={"stage": float(k)})
 
         model = LatentModel(_prepare_base(hf, cfg))
-        scfg = cfg.replace(out_dir=str(Path(cfg.out_dir) / f"stage{k}"))
+        # each stage its own data order (seed + k): with one seed every stage would start at
+        # step 0 of the same permutation and train on the same steps x batch problems
+        scfg = cfg.replace(out_dir=str(Path(cfg.out_dir) / f"stage{k}"), seed=coconut_stage_seed(cfg.seed, k))
         stage_resume = resume and (Path(scfg.out_dir) / "checkpoint").exists()
         res = train(model, s.data, loss_fn, scfg, resume=stage_resume, on_step=on_step, cancel=cancel)
         hf = _merged(model.base)
