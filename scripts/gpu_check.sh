@@ -3,7 +3,10 @@
 # wheels from scripts/gpu_wheels.sh in .whl/ (the device tool carries them: carry=[".whl"]).
 #   1. the GPU tests (pytest -m gpu): the CUDA-graph decode path's tokens equal the eager
 #      loop's at temperature 0 (plain, steered, COCONUT), CUDA errors;
-#   2. `workbench bench gpu` on the Qwen3.5-27B-shaped random model (bf16), JSON + table.
+#   2. `workbench bench gpu` on the Qwen3.5-27B-shaped random model (bf16), JSON + table;
+#   3. `workbench bench latent` on SmolLM2 on the GPU: latent-step cost and what latent.run
+#      costs on top of the loop it drives (run_overhead, target <= 1.05), where a host sync
+#      per row and step would show.
 # Results go to $OUT (the device tool brings that folder back), else to
 # workbench/bench/results/; commit the JSON there.
 #   GPU_BENCH_ARGS="--batches 1 --new 16" bash scripts/gpu_check.sh   # a shorter bench
@@ -27,3 +30,6 @@ name=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0).lower().repla
 "$PY" -c "import sys; from workbench.cli import main; sys.exit(main(sys.argv[1:]))" \
   bench gpu --model qwen3.5-27b-random --device cuda --dtype bfloat16 ${GPU_BENCH_ARGS:-} \
   --out "$DEST/gpu-qwen3.5-27b-random-$name.json" 2>&1 | tee "$DEST/gpu-bench.log"
+"$PY" -c "import sys; from workbench.cli import main; sys.exit(main(sys.argv[1:]))" \
+  bench latent --methods coconut,latent_head --device cuda --repeats 5 \
+  --out "$DEST/latent-smollm2-$name.json" 2>&1 | tee "$DEST/latent-bench.log"
