@@ -14,6 +14,7 @@ Readouts: `workbench.latent.readout`; evaluation: `workbench.latent.eval`.
 
 from .engine import LatentStep, LatentTrace, LatentUpdate, Superposition, fed_embeddings, run, run_stream
 from .policies import Coconut, LatentHead, PauseTokens, ProjectionHead, SoftThinking, load_policy
+from .latent_sft import LatentSFT
 
 __all__ = [
     "run",
@@ -28,5 +29,6 @@ __all__ = [
     "LatentHead",
     "SoftThinking",
     "PauseTokens",
+    "LatentSFT",
     "load_policy",
 ]

@@ -789,7 +789,7 @@ def load_policy(folder: str, allowed: Any = None) -> tuple[Any, str]:
     except ValueError as e:
         raise FileFormatError(str(e)) from None
     base = cfg_path.parent
-    methods = ("coconut", "projection", "latent_head", "pause", "cot")
+    methods = ("coconut", "projection", "latent_head", "pause", "cot", "latent_sft")
     method = cfg.get("method")
     if method not in methods:
         raise FileFormatError(f"{cfg_path}: unknown method {method!r} (field 'method'); expected {', '.join(methods)}")
@@ -832,6 +832,15 @@ def load_policy(folder: str, allowed: Any = None) -> tuple[Any, str]:
         spec = ProjectionHead.load(head(PROJECTION_FILE), steps=steps(), end=cfg.get("end"))
     elif method == "latent_head":
         spec = LatentHead.load(head(LATENT_HEAD_FILE))
+    elif method == "latent_sft":  # Latent-SFT's stage-2 model feeding its own top-k superpositions
+        from .latent_sft import LatentSFT
+
+        if not model:
+            raise FileFormatError(f"{cfg_path}: method 'latent_sft' needs 'model', the stage-2 model's folder (relative) or a registry name")
+        top_k = cfg.get("top_k", 10)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise FileFormatError(f"{cfg_path}: field 'top_k' must be a positive integer (tokens per superposition), got {top_k!r}")
+        spec = LatentSFT(max_steps=steps(), top_k=top_k)
     else:
         spec = PauseTokens.load(head(PAUSE_FILE))
     return spec, model

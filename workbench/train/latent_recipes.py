@@ -997,8 +997,20 @@ RUNNERS = {
     "pause": (PauseConfig, run_pause), "pause-answer": (PauseAnswerConfig, run_pause_answer), "upft": (UpftConfig, run_upft),
 }  # fmt: skip
 
+
+def _register_seed_recipes() -> None:
+    """Latent-SFT and QThink's rollout teacher live in their own modules (which import
+    this one and add themselves to RUNNERS at their end); importing them here, after
+    everything above is defined, registers them whichever module is imported first."""
+    import importlib
+
+    for name in ("latent_sft", "qthink"):
+        importlib.import_module(f"{__package__}.{name}")
+
 __all__ = [
     "LatentRecipeConfig", "CoconutConfig", "ProjectionConfig", "LatentHeadConfig", "PauseConfig", "PauseAnswerConfig", "UpftConfig", "LatentModel",
     "unroll", "after_loss", "run_coconut", "run_projection", "run_latent_head", "run_pause", "run_pause_answer", "run_upft", "pause_answer_loss",
     "upft_samples", "upft_loss", "RUNNERS", "POLICY_FILE",
 ]  # fmt: skip
+
+_register_seed_recipes()

@@ -99,6 +99,8 @@ RECIPES: dict[str, Recipe] = {
     "pause": Recipe("pause", "pause tokens before CoT: learnable embeddings after the prompt, then the explicit chain (loss on its first tokens)", _latent_config("pause"), _latent_run("pause")),
     "pause-answer": Recipe("pause-answer", "pause tokens, no CoT (Goyal et al. 2023): prompt + pauses + </think>, loss on the answer only", _latent_config("pause-answer"), _latent_run("pause-answer")),
     "upft": Recipe("upft", "UPFT (Ji et al. 2025): fine-tune the model on the first tokens of its own sampled answers; evaluated with CoT", _latent_config("upft"), _latent_run("upft")),
+    "latent-sft": Recipe("latent-sft", "Latent-SFT: stage 1 encoder/decoder under induction/supervision masks, stage 2 KL + CE to the soft labels", _latent_config("latent-sft"), _latent_run("latent-sft")),
+    "projection-qthink": Recipe("projection-qthink", "projection head with QThink's teacher: reward-weighted mean hidden states of correct sampled rollouts", _latent_config("projection-qthink"), _latent_run("projection-qthink")),
     "micro": Recipe("micro", "train the Qwen3.5 micro model from scratch on arithmetic with <think> chains (the machine cache without --out)", _micro_config, _run_micro),
 }
 
