@@ -54,7 +54,7 @@ def solve(
     With a `seed`, batch b is sampled with seed `seed * 100_003 + b` (distinct streams for
     neighbouring seeds; the same seed and batch_size give the same samples)."""
     from .generate import generate_full
-    from .tasks import extract_answer, is_correct
+    from .tasks import score_answer
 
     problems = list(problems)
     if not problems:
@@ -84,7 +84,7 @@ def solve(
         )
         for j, text in enumerate(res.texts):
             p = problems[s + j]
-            pred = extract_answer(text)
+            pred, ok = score_answer(text, p.answer)  # numbers as before; string answers (graph task) exactly
             out.append(
                 Attempt(
                     problem_id=str(p.id),
@@ -92,7 +92,7 @@ def solve(
                     prompt=chunk[j],
                     text=text,
                     prediction=pred,
-                    correct=bool(is_correct(pred, p.answer)),
+                    correct=bool(ok),
                     n_tokens=len(res.token_ids[j]),
                 )
             )

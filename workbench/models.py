@@ -12,6 +12,8 @@ Embedded models (no download, ever):
 - ``"qwen3.5-micro"``: a Qwen3.5-architecture micro model trained from scratch by the
   workbench's own trainer on multi-step arithmetic with ``<think>`` chains of thought
   (``workbench.train.micro``): trained once per machine on first use, then cached.
+- ``"qwen3.5-micro-graph"``: the same recipe trained on the ProsQA-style graph task
+  (``workbench.tasks.graph_problems``; ``workbench train micro --set task=graph``).
 - ``"qwen3.5-27b-random"``: the Qwen3.5-27B shape with random weights, for GPU benchmarks.
   ``load(..., device="meta")`` builds it without memory for shape checks.
 
@@ -712,6 +714,23 @@ def _qwen35_micro(dev: torch.device, dt: torch.dtype):
     from .train.micro import micro_model_dir
 
     folder = micro_model_dir()
+    hf = Qwen3_5ForCausalLM.from_pretrained(folder, dtype=dt)
+    hf.to(dev)
+    return hf, qwen35_tokenizer(), f"trained:{folder.name}"
+
+
+@register(
+    "qwen3.5-micro-graph",
+    "the qwen3.5-micro recipe trained on the ProsQA-style graph task (3-5 hop paths through nonsense concepts, answers are names); "
+    "trained once per machine on first use, then cached",
+)
+def _qwen35_micro_graph(dev: torch.device, dt: torch.dtype):
+    from transformers import Qwen3_5ForCausalLM
+
+    from .tokenizers import qwen35_tokenizer
+    from .train.micro import micro_model_dir
+
+    folder = micro_model_dir(task="graph")
     hf = Qwen3_5ForCausalLM.from_pretrained(folder, dtype=dt)
     hf.to(dev)
     return hf, qwen35_tokenizer(), f"trained:{folder.name}"

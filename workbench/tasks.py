@@ -2,10 +2,16 @@
 
 * :func:`arithmetic_problems` -- procedurally generated multi-step arithmetic
   word problems with a known integer answer and an explicit chain of thought.
+* :func:`graph_problems` -- procedurally generated ProsQA-style graph reasoning (COCONUT,
+  Hao et al. 2024): facts about nonsense concepts, "Is Tom a A or B?", exactly one option
+  reachable; the chain of thought is the path, one fact per line; the answer is a name.
 * :func:`load_gsm8k` / :func:`gsm8k_sample` -- GSM8K-format JSONL files.
-* :func:`extract_answer` / :func:`is_correct` -- robust scoring of model output.
+* :func:`extract_answer` / :func:`is_correct` -- robust scoring of model output;
+  :func:`score_answer` scores a numeric answer that way and a string answer (a graph
+  task's concept name) exactly: the text after the last ``####``, stripped.
 * :func:`load_task` -- one entry point: ``"arith-easy"``, ``"arith-medium"``,
-  ``"arith-hard"``, ``"arith-expert"``, ``"gsm8k-sample"`` or a JSONL path.
+  ``"arith-hard"``, ``"arith-expert"``, ``"graph-easy"``, ``"graph-medium"``,
+  ``"graph-hard"``, ``"gsm8k-sample"`` or a JSONL path.
 
 Step lines use the GSM8K operator spelling (``+ - * /``), one operation per
 line, e.g. ``"12 + 7 = 19"``; :func:`format_target` appends ``"#### <answer>"``.
@@ -27,6 +33,12 @@ __all__ = [
     "TaskFormatError",
     "arithmetic_problems",
     "difficulty_levels",
+    "graph_problems",
+    "graph_levels",
+    "graph_key",
+    "GRAPH_CONCEPTS",
+    "GRAPH_PEOPLE",
+    "GRAPH_MAX_HOPS",
     "cot_text",
     "format_target",
     "load_gsm8k",
@@ -35,6 +47,9 @@ __all__ = [
     "extract_answer",
     "parse_number",
     "is_correct",
+    "final_text",
+    "is_name_answer",
+    "score_answer",
     "load_task",
     "list_tasks",
     "MAX_STEPS",
@@ -52,7 +67,7 @@ class TaskFormatError(ValueError):
 class Problem:
     id: str
     question: str
-    answer: Number
+    answer: Number | str  # a number (arithmetic, GSM8K) or a name (the graph task)
     steps: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -275,6 +290,144 @@ def arithmetic_problems(
     return out
 
 
+# =============================================================================
+# ProsQA-style graph reasoning
+# =============================================================================
+
+# Nonsense concept names: each is exactly two Qwen3.5 tokens (" <stem>" + "pus") in every
+# position the task puts it (after "Every"/"a", before "."/"?", after "####"), so the first
+# token names the concept (tested with the embedded tokenizer).
+GRAPH_CONCEPTS: tuple[str, ...] = (
+    "barpus", "birpus", "bolpus", "dalpus", "dirpus", "dorpus", "durpus", "ferpus", "forpus", "fulpus", "gerpus",
+    "gorpus", "harpus", "hirpus", "horpus", "hurpus", "jurpus", "kirpus", "kolpus", "lerpus", "limpus", "lurpus",
+    "merpus", "milpus", "mompus", "nerpus", "norpus", "nurpus", "perpus", "porpus", "pulpus", "relpus", "rompus",
+    "serpus", "sorpus", "surpus", "tirpus", "turpus", "verpus", "vorpus", "vulpus", "werpus", "worpus", "wurpus",
+    "zalpus", "zilpus", "brilpus", "starpus", "stirpus", "stolpus", "trompus", "flerpus", "skerpus", "spalpus",
+    "spilpus", "spurpus", "cherpus", "chorpus", "thempus", "blirpus", "whompus", "sterpus", "zorpus", "yerpus",
+)  # fmt: skip
+# one Qwen3.5 token each, at the start of a line and after a space
+GRAPH_PEOPLE: tuple[str, ...] = ("Tom", "Bob", "Jack", "Alex", "Max", "Sam", "Kim", "Leo", "Ann", "Ben", "Dan")
+GRAPH_MAX_HOPS = 8
+
+_GRAPH_LEVELS: dict[str, dict[str, Any]] = {
+    "easy": {"hops": 3, "description": "3 hops"},
+    "medium": {"hops": 4, "description": "4 hops"},
+    "hard": {"hops": (5, 6), "description": "5-6 hops"},
+}
+
+
+def graph_levels() -> dict[str, dict[str, Any]]:
+    """Preset difficulty levels of :func:`graph_problems`: name -> ``{"hops": int | (lo, hi), "description": str}``."""
+    return {k: dict(v) for k, v in _GRAPH_LEVELS.items()}
+
+
+def graph_key(problem: Problem) -> str:
+    """The graph and question of a graph problem, independent of the order the facts are
+    stated in: two problems with the same key pose the same question on the same graph."""
+    m = problem.meta
+    facts = sorted(f"{a}>{b}" for a, b in m["edges"])
+    return f"{m['person']}?{'|'.join(sorted(m['options']))}:{';'.join(facts)}"
+
+
+def _graph_fact(a: str, b: str) -> str:
+    return f"{a} is a {b}." if a in GRAPH_PEOPLE else f"Every {a} is a {b}."
+
+
+def _make_graph_problem(rng: random.Random, hops: int, pid: str, extra_meta: dict) -> Problem:
+    """One question on a fresh random DAG.
+
+    * gold path: ``person -> c1 -> ... -> c_hops`` (the answer is ``c_hops``);
+    * distractor branch: ``other -> d1 -> ... -> d_hops`` (the wrong option ``d_hops``, as
+      deep as the answer and stated the same way), with 1-2 edges from its inner nodes into
+      the person's side of the graph (never into the answer: each option is the object of
+      exactly one fact, so nothing about the options' facts marks either);
+    * dead ends the person reaches: a second type ``person -> e1 (-> e2 ...)`` and side
+      chains of 1-2 concepts off the gold path's inner nodes.
+    No edge leaves the person's reachable set, so the wrong option is unreachable from the
+    person, and every side branch is fresh, so the gold path is the only path to the answer.
+    """
+    person, other = rng.sample(GRAPH_PEOPLE, 2)
+    pool = list(GRAPH_CONCEPTS)
+    rng.shuffle(pool)
+    take = lambda k: [pool.pop() for _ in range(k)]  # noqa: E731
+    gold, dis = take(hops), take(hops)
+    edges: list[tuple[str, str]] = [(person, gold[0]), (other, dis[0])]
+    edges += [(a, b) for a, b in zip(gold, gold[1:])] + [(a, b) for a, b in zip(dis, dis[1:])]
+    dead = take(rng.randint(1, max(1, hops - 1)))
+    edges += [(person, dead[0])] + [(a, b) for a, b in zip(dead, dead[1:])]
+    reach = [*gold[:-1], *dead]  # cross-link targets: never the answer, so each option is named by exactly one fact
+    for c in gold[:-1]:
+        if rng.random() < 0.5:
+            side = take(rng.randint(1, 2))
+            edges += [(c, side[0])] + [(a, b) for a, b in zip(side, side[1:])]
+            reach += side
+    if hops > 1:
+        have = set(edges)
+        for _ in range(rng.randint(1, 2)):
+            e = (rng.choice(dis[:-1]), rng.choice(reach))
+            if e not in have:
+                have.add(e)
+                edges.append(e)
+    facts = [_graph_fact(a, b) for a, b in edges]
+    rng.shuffle(facts)
+    options = [gold[-1], dis[-1]]
+    rng.shuffle(options)
+    question = " ".join(facts) + f" Is {person} a {options[0]} or {options[1]}?"
+    steps = [_graph_fact(a, b) for a, b in zip([person, *gold], gold)]
+    meta = {
+        "source": "graph",
+        "num_steps": hops,
+        "hops": hops,
+        "person": person,
+        "options": options,
+        "target": gold[-1],
+        "neg_target": dis[-1],
+        "path": [person, *gold],
+        "edges": [list(e) for e in edges],
+        **extra_meta,
+    }
+    return Problem(id=pid, question=question, answer=gold[-1], steps=steps, meta=meta)
+
+
+def graph_problems(n: int, hops: int | tuple[int, int] = 3, seed: int = 0, level: str | None = None) -> list[Problem]:
+    """Generate ``n`` ProsQA-style graph-reasoning problems (COCONUT, Hao et al. 2024).
+
+    The question states a random DAG of nonsense concepts as shuffled facts ("Every lerpus
+    is a zorpus.", "Tom is a lerpus.") and asks "Is Tom a A or B?"; exactly one option is
+    reachable from Tom. ``steps`` is the path, one fact per line ("Tom is a lerpus.",
+    "Every lerpus is a zorpus.", ...), ``answer`` the reachable option's name (a string).
+    ``hops`` (1..8, or an inclusive ``(lo, hi)`` range sampled per problem) is the path
+    length = the number of steps; ``level`` (a key of :func:`graph_levels`) overrides it.
+    ``meta`` holds the edges, the path, the options, the target and the wrong option.
+    Deterministic: problem ``i`` depends only on ``(seed, hops, i)``, so
+    ``graph_problems(10)[:5] == graph_problems(5)``.
+    """
+    from .errors import InputError
+
+    if level is not None:
+        if not isinstance(level, str) or level not in _GRAPH_LEVELS:
+            raise InputError(f"unknown graph difficulty level {level!r}; valid: {', '.join(_GRAPH_LEVELS)}")
+        hops = _GRAPH_LEVELS[level]["hops"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InputError(f"n must be a non-negative integer, got {n!r}")
+    lohi = tuple(hops) if isinstance(hops, (tuple, list)) else (hops, hops)
+    if len(lohi) != 2 or not all(isinstance(h, int) and not isinstance(h, bool) for h in lohi) or not 1 <= lohi[0] <= lohi[1] <= GRAPH_MAX_HOPS:
+        raise InputError(f"hops must be an integer in 1..{GRAPH_MAX_HOPS} (or a (lo, hi) range inside it), got {hops!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    lo, hi = lohi
+    tag = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    out = []
+    for i in range(n):
+        rng = random.Random(f"workbench-graph:{seed}:{tag}:{i}")
+        k = rng.randint(lo, hi)
+        extra: dict[str, Any] = {"seed": seed, "index": i}
+        if level is not None:
+            extra["level"] = level
+        out.append(_make_graph_problem(rng, k, f"graph-h{tag}-seed{seed}-{i:04d}", extra))
+    return out
+
+
 def _fmt_number(x: Number) -> str:
     if isinstance(x, float) and x.is_integer():
         x = int(x)
@@ -473,6 +626,40 @@ def extract_answer(text: str | None) -> Number | None:
     return _extract(text)
 
 
+def final_text(text: str | None) -> str | None:
+    """The text after the last ``####``, stripped (searched after the last ``</think>``
+    first, like :func:`extract_answer`); None when there is no ``####``."""
+    if not text:
+        return None
+    text = str(text)
+    if "</think>" in text:
+        after = text.rsplit("</think>", 1)[1]
+        if "####" in after:
+            return after.rsplit("####", 1)[1].strip()
+    if "####" not in text:
+        return None
+    return text.rsplit("####", 1)[1].strip()
+
+
+def is_name_answer(answer: Any) -> bool:
+    """True for an answer scored as a name (a string with no number in it: the graph
+    task's concepts), False for a number or a string holding one."""
+    return isinstance(answer, str) and extract_answer(answer) is None
+
+
+def score_answer(text: str | None, answer: Number | str) -> tuple[Number | str | None, bool]:
+    """(prediction, correct) for model output `text` against a problem's `answer`. A
+    numeric answer (or a string holding a number, as :func:`is_correct` reads it):
+    :func:`extract_answer` then :func:`is_correct` (tolerant, as always); a string answer
+    without a number (a graph task's concept name): exactly the text after the last
+    ``####``, stripped, compared with the answer as is."""
+    if is_name_answer(answer):
+        pred = final_text(text)
+        return pred, pred is not None and pred == answer
+    pred = extract_answer(text)
+    return pred, is_correct(pred, answer)
+
+
 def is_correct(pred: Number | str | None, answer: Number | str, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:
     """Numeric comparison with tolerance. Strings are run through :func:`extract_answer` first."""
     if isinstance(pred, str):
@@ -499,6 +686,9 @@ _TASKS = {
     "arith-medium": "medium",
     "arith-hard": "hard",
     "arith-expert": "expert",
+    "graph-easy": "easy",
+    "graph-medium": "medium",
+    "graph-hard": "hard",
     "gsm8k-sample": None,
 }
 
@@ -512,13 +702,15 @@ def load_task(name_or_path: str | os.PathLike, n: int | None = None, seed: int |
     """Load a task by name or a GSM8K-format JSONL path.
 
     * ``"arith-<level>"``: ``n`` problems (default 100) from :func:`arithmetic_problems`
-      at that level, ``seed`` default 0.
+      at that level, ``seed`` default 0; ``"graph-<level>"`` the same from :func:`graph_problems`.
     * ``"gsm8k-sample"`` or a path: at most ``n`` problems (all when None); with
       ``seed`` a deterministic random subset, else the first ``n``.
     """
     key = os.fspath(name_or_path)
     if key in _TASKS:
         level = _TASKS[key]
+        if key.startswith("graph-"):
+            return graph_problems(100 if n is None else n, seed=0 if seed is None else seed, level=level)
         if level is not None:
             return arithmetic_problems(100 if n is None else n, seed=0 if seed is None else seed, level=level)
         return gsm8k_sample(limit=n, seed=seed)

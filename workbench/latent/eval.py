@@ -1,5 +1,6 @@
 """`workbench latent eval`: latent methods against explicit chain-of-thought and
-no-thinking baselines on multi-step arithmetic and GSM8K-format JSONL.
+no-thinking baselines on multi-step arithmetic, GSM8K-format JSONL and the graph task
+(string answers, scored exactly: `tasks.score_answer`).
 
 Per method: accuracy, latent steps, think steps (explicit thinking tokens), visible tokens,
 self-exit rate, maxed rate and wall time per example. Rows are saved as JSONL and the
@@ -13,18 +14,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..tasks import Problem, extract_answer, is_correct
+from ..tasks import Problem, is_name_answer, score_answer
 
 BASELINES = ("cot", "no_think")
 INSTRUCTION = "Solve the problem. End with the final answer on its own line as '#### <number>'."
+# a problem whose answer is a name (the graph task) is asked for '#### <name>' instead
+INSTRUCTION_NAME = "Solve the problem. End with the final answer on its own line as '#### <name>'."
 
 
 @dataclass
 class EvalRow:
     method: str
     problem_id: str
-    answer: float | int
-    pred: float | int | None
+    answer: float | int | str
+    pred: float | int | str | None
     correct: bool
     latent_steps: int
     latent_positions: int
@@ -52,10 +55,14 @@ class MethodSummary:
 def prompt_for(problem: Problem, method: str) -> str:
     """The user turn for `method`: "no_think" asks for the number only; everything else
     (explicit chain of thought and every latent method, which think in vectors) gets the
-    same thinking prompt, so latent methods are scored on exactly the CoT prompt."""
+    same thinking prompt, so latent methods are scored on exactly the CoT prompt. A name
+    answer (the graph task: `tasks.is_name_answer`) is asked for as '#### <name>'."""
+    named = is_name_answer(problem.answer)
     if method == "no_think":
+        if named:
+            return f"{problem.question}\nAnswer with only the final name as '#### <name>'."
         return f"{problem.question}\nAnswer with only the final number as '#### <number>'."
-    return f"{problem.question}\nThink step by step. {INSTRUCTION}"
+    return f"{problem.question}\nThink step by step. {INSTRUCTION_NAME if named else INSTRUCTION}"
 
 
 def _split_at_close(ids: list[int], close: int | None) -> tuple[int, list[int]] | None:
@@ -69,8 +76,8 @@ def _split_at_close(ids: list[int], close: int | None) -> tuple[int, list[int]] 
 def _row(bench: Any, stops: set[int], method: str, p: Problem, vis: list[int], **counts: Any) -> EvalRow:
     """Score the visible ids `vis` of one problem; `counts`: the remaining EvalRow fields."""
     text = bench.tokenizer.decode([t for t in vis if t not in stops], skip_special_tokens=False)
-    pred = extract_answer(text)
-    return EvalRow(method, p.id, p.answer, pred, is_correct(pred, p.answer), visible_tokens=len(vis), text=text, **counts)
+    pred, correct = score_answer(text, p.answer)  # numbers: extract_answer + is_correct; names: exactly
+    return EvalRow(method, p.id, p.answer, pred, correct, visible_tokens=len(vis), text=text, **counts)
 
 
 def _baseline(bench: Any, problems: Sequence[Problem], method: str, max_new_tokens: int, think_budget: int) -> list[EvalRow]:

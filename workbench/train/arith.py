@@ -1,4 +1,6 @@
-"""Arithmetic training data shared by the micro model and the latent-reasoning recipes.
+"""Training data shared by the micro model and the latent-reasoning recipes: the built-in
+arithmetic task, or (`task="graph"`) the ProsQA-style graph task (`tasks.graph_problems`,
+answers are concept names: the suffix is "#### lerpus<|im_end|>").
 
 One problem becomes token ids in the exact layout the evaluation and the latent engine
 see at inference (`latent.eval.prompt_for` through the chat template):
@@ -11,8 +13,10 @@ and the no-thinking form `chat(..., enable_thinking=False)` (whose prompt alread
 an empty think block) followed by `answer = "#### 15<|im_end|>"`. Each step line is
 tokenized on its own, so a recipe can drop or replace whole steps (COCONUT).
 
-Held-out sets: `EVAL_SETS` are the problems the results table scores; `training_problems`
-never returns a question that appears in them.
+Held-out sets: `EVAL_SETS` (arithmetic) and `GRAPH_EVAL_SETS` are the problems the
+results table scores (`eval_sets_for(task)`); `training_problems` never returns a question
+that appears in the arithmetic ones, `training_graph_problems` never a graph (and question)
+of the graph ones.
 """
 
 from __future__ import annotations
@@ -26,22 +30,45 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..tasks import Problem, arithmetic_problems
+from ..tasks import GRAPH_MAX_HOPS, Problem, arithmetic_problems, graph_key, graph_problems
 from .config import TrainConfig
 
+TASKS = ("arith", "graph")
 # name -> (reasoning steps, operand digits); all with seed 0 (the `arith-easy` task is "2 steps")
 EVAL_SETS: dict[str, tuple[int, int]] = {"2 steps": (2, 1), "3 steps": (3, 1), "4 steps": (4, 1)}
+# graph task: name -> path length (hops = reasoning steps); all with seed 0 (`graph-easy` is "3 hops")
+GRAPH_EVAL_SETS: dict[str, int] = {"3 hops": 3, "4 hops": 4, "5 hops": 5}
 EVAL_SEED = 0
 _HELD_OUT_N = 512  # questions excluded from training per eval set (any eval n up to this is held out)
 
 
+def check_task(task: Any, name: str = "task") -> str:
+    if not isinstance(task, str) or task not in TASKS:
+        raise InputError(f"{name} must be one of {', '.join(repr(t) for t in TASKS)}, got {task!r}")
+    return task
+
+
+def eval_set_names(task: str = "arith") -> list[str]:
+    """The held-out eval sets of `task`, easiest first."""
+    return list(EVAL_SETS if check_task(task) == "arith" else GRAPH_EVAL_SETS)
+
+
 def eval_problems(name: str, n: int) -> list[Problem]:
-    if name not in EVAL_SETS:
-        raise InputError(f"unknown eval set {name!r}; available: {', '.join(EVAL_SETS)}")
-    if not 1 <= n <= _HELD_OUT_N:
+    """The first `n` problems of the held-out eval set `name` (of either task: the names
+    differ, "2 steps" / "3 hops")."""
+    if name not in EVAL_SETS and name not in GRAPH_EVAL_SETS:
+        raise InputError(f"unknown eval set {name!r}; available: {', '.join([*EVAL_SETS, *GRAPH_EVAL_SETS])}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _HELD_OUT_N:
         raise InputError(f"eval n must be in 1..{_HELD_OUT_N} (the held-out part), got {n}")
+    if name in GRAPH_EVAL_SETS:
+        return graph_problems(n, hops=GRAPH_EVAL_SETS[name], seed=EVAL_SEED)
     steps, digits = EVAL_SETS[name]
     return arithmetic_problems(n, steps=steps, digits=digits, seed=EVAL_SEED)
+
+
+def eval_sets_for(task: str = "arith") -> dict[str, Any]:
+    """name -> a function n -> the first n held-out problems of that set, for `task`."""
+    return {name: (lambda n, name=name: eval_problems(name, n)) for name in eval_set_names(task)}
 
 
 @lru_cache(maxsize=4)
@@ -71,19 +98,57 @@ def training_problems(n: int, min_steps: int = 1, max_steps: int = 4, digits: in
     return out
 
 
+@lru_cache(maxsize=4)
+def _held_out_graphs() -> frozenset[str]:
+    out = set()
+    for hops in GRAPH_EVAL_SETS.values():
+        for p in graph_problems(_HELD_OUT_N, hops=hops, seed=EVAL_SEED):
+            out.add(graph_key(p))
+            out.add(p.question)
+    return frozenset(out)
+
+
+def training_graph_problems(n: int, min_hops: int = 2, max_hops: int = 5, seed: int = 1000) -> list[Problem]:
+    """`n` graph problems with `min_hops..max_hops`-step paths, none of which poses a
+    held-out eval question or states a held-out graph (`tasks.graph_key`, independent of
+    the facts' order), drawn from a different seed, duplicates skipped."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"need at least one training problem, got n={n!r}")
+    held = _held_out_graphs()
+    out: list[Problem] = []
+    extra = 0
+    while len(out) < n:
+        want = n - len(out) + extra
+        batch = graph_problems(len(out) + want, hops=(min_hops, max_hops), seed=seed)[len(out) :]
+        out.extend(p for p in batch if p.question not in held and graph_key(p) not in held)
+        out = out[:n]
+        extra += 64
+        if extra > 64 * 100:  # pragma: no cover - the problem space is far larger
+            raise InputError("could not draw enough training graphs outside the held-out sets")
+    return out
+
+
 @dataclass
 class ArithData(TrainConfig):
-    """The training-data options every arithmetic recipe shares: `n_train` problems with
-    `min_reasoning_steps..max_reasoning_steps` steps of `digits`-digit operands (never a
-    held-out eval question)."""
+    """The training-data options every latent recipe shares: `task` "arith" (the default)
+    or "graph"; for "arith", `n_train` problems with
+    `min_reasoning_steps..max_reasoning_steps` steps of `digits`-digit operands, for
+    "graph", `n_train` ProsQA-style questions with `min_hops..max_hops`-step paths (never a
+    held-out eval question or graph). `eval_set_names()` are the task's held-out sets."""
 
     n_train: int = 4000
     min_reasoning_steps: int = 1
     max_reasoning_steps: int = 4
     digits: int = 1
+    task: str = "arith"
+    min_hops: int = 2
+    max_hops: int = 5
 
     def validate(self) -> None:
         super().validate()
+        check_task(self.task)
+        if not 1 <= self.min_hops <= self.max_hops <= GRAPH_MAX_HOPS:
+            raise InputError(f"need 1 <= min_hops <= max_hops <= {GRAPH_MAX_HOPS}, got {self.min_hops}, {self.max_hops}")
         if not 1 <= self.min_reasoning_steps <= self.max_reasoning_steps <= 8:
             raise InputError(f"need 1 <= min_reasoning_steps <= max_reasoning_steps <= 8, got {self.min_reasoning_steps}, {self.max_reasoning_steps}")
         if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 1:
@@ -92,7 +157,12 @@ class ArithData(TrainConfig):
             raise InputError(f"digits must be 1, 2 or 3, got {self.digits!r}")
 
     def problems(self, seed: int) -> list[Problem]:
+        if self.task == "graph":
+            return training_graph_problems(self.n_train, self.min_hops, self.max_hops, seed=seed)
         return training_problems(self.n_train, self.min_reasoning_steps, self.max_reasoning_steps, self.digits, seed=seed)
+
+    def eval_set_names(self) -> list[str]:
+        return eval_set_names(self.task)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -107,7 +177,7 @@ class Encoded:
     steps: list[list[int]]  # one id list per reasoning step line ("a + b = c\n")
     suffix: list[int]  # "</think>\n\n#### ans<|im_end|>" ("#### ans<end>" for a model without </think>)
     prompt_direct: list[int]  # chat prompt with thinking off (ends with an empty think block)
-    answer: list[int]  # "#### ans<|im_end|>"
+    answer: list[int]  # "#### ans<|im_end|>" (ans: the number, or the graph task's concept name)
 
     def cot(self) -> tuple[list[int], int]:
         """(ids, n_prompt): prompt + all steps + suffix."""
@@ -229,4 +299,5 @@ class VocabView:
         return logits[:, j] - _full_logsumexp(logits, self.V - len(self.ids))
 
 
-__all__ = ["ArithData", "EVAL_SETS", "eval_problems", "training_problems", "Encoded", "encode_problems", "pad_right", "restricted_ce", "VocabView"]
+__all__ = ["ArithData", "TASKS", "EVAL_SETS", "GRAPH_EVAL_SETS", "check_task", "eval_set_names", "eval_sets_for", "eval_problems",
+           "training_problems", "training_graph_problems", "Encoded", "encode_problems", "pad_right", "restricted_ce", "VocabView"]

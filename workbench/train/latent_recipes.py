@@ -373,7 +373,16 @@ def close_id(tokenizer: Any) -> int | None:
 
 
 def answer_index(e: Encoded, tokenizer: Any) -> int:
-    """Index in `e.suffix` of the first token of the answer number."""
+    """Index in `e.suffix` of the first token of the answer number (of the answer name,
+    for a string answer: the first token with text after the "####")."""
+    from ..tasks import is_name_answer
+
+    if is_name_answer(e.problem.answer):
+        for i in range(len(e.suffix)):
+            text = tokenizer.decode(e.suffix[: i + 1])
+            if "####" in text and text.rsplit("####", 1)[1].strip():
+                return i
+        raise InputError(f"no answer after '####' in the suffix of problem {e.problem.id}")
     for i, t in enumerate(e.suffix):
         s = tokenizer.decode([t]).strip()
         if s and (s[0].isdigit() or s[0] == "-"):
@@ -434,14 +443,16 @@ def _finish(cfg: LatentRecipeConfig, write: Callable[[Path], None], results: dic
     return target
 
 
-def quick_eval(bench: Any, spec: Any, n: int) -> dict[str, float]:
-    """Held-out accuracy through the latent engine itself (what inference will see)."""
+def quick_eval(bench: Any, spec: Any, n: int, task: str = "arith") -> dict[str, float]:
+    """Held-out accuracy on `task`'s eval sets through the latent engine itself (what
+    inference will see)."""
     from ..latent.eval import evaluate
+    from .arith import eval_set_names
 
     if n <= 0:
         return {}
     out = {}
-    for name in EVAL_SETS:
+    for name in eval_set_names(task):
         _, summary = evaluate(bench, {"m": spec}, eval_problems(name, n), progress=False)
         out[name] = summary[0].accuracy
     return out
@@ -488,7 +499,7 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
     hf.eval()
     steps = cfg.stages * c
     spec = Coconut(steps=steps, end=s.end)
-    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n, cfg.task)
 
     def write(tmp: Path) -> None:
         _save_model(hf, s.bench.tokenizer, tmp / "model")
@@ -561,7 +572,7 @@ def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = Non
     s.bench.hf = hf
     tensors = {k: v.detach().float().cpu() for k, v in head.state_dict().items()}
     spec = ProjectionHead(tensors, steps=K, end=s.end)
-    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n, cfg.task)
 
     def write(tmp: Path) -> None:
         if base_trained:
@@ -704,7 +715,7 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
         "think_close_token_id": close, "max_internal_tokens": cfg.max_internal_tokens, "chunk_size": chunk, "pairing": cfg.pairing,
     }  # fmt: skip
     spec = LatentHead(tensors, think_close_token_id=close, max_internal_tokens=cfg.max_internal_tokens, chunk_size=chunk, pairing=cfg.pairing)
-    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n, cfg.task)
 
     def write(tmp: Path) -> None:
         _save_tensors(tmp / LATENT_HEAD_FILE, tensors)
@@ -774,7 +785,7 @@ def run_pause(cfg: PauseConfig, resume: bool = False, bench: Any = None, on_step
     hf = _merged(model.base).eval()
     s.bench.hf = hf
     tensors = {"pause_embeds": model.pause.detach().float().cpu()}
-    results["eval"] = quick_eval(s.bench, PauseTokens(tensors), cfg.eval_n)
+    results["eval"] = quick_eval(s.bench, PauseTokens(tensors), cfg.eval_n, cfg.task)
 
     def write(tmp: Path) -> None:
         if base_trained:
@@ -830,7 +841,7 @@ def run_pause_answer(cfg: PauseAnswerConfig, resume: bool = False, bench: Any = 
     s.bench.hf = hf
     embeds = model.pause.detach().float().cpu().expand(K, -1).contiguous()
     spec = PauseTokens({"pause_embeds": embeds}, end=s.end)
-    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n)
+    results["eval"] = quick_eval(s.bench, spec, cfg.eval_n, cfg.task)
 
     def write(tmp: Path) -> None:
         if base_trained:
@@ -983,7 +994,7 @@ def run_upft(cfg: UpftConfig, resume: bool = False, bench: Any = None, on_step=N
         return {"status": res.status, **results}
     hf = _merged(model.base).eval()
     s.bench.hf = hf
-    results["eval"] = quick_eval(s.bench, "cot", cfg.eval_n)
+    results["eval"] = quick_eval(s.bench, "cot", cfg.eval_n, cfg.task)
 
     def write(tmp: Path) -> None:
         _save_model(hf, tok, tmp / "model")

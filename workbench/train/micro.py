@@ -5,6 +5,12 @@ from scratch by the shared trainer on the built-in multi-step arithmetic task wi
     workbench train micro                 # train it once on this machine (the cache)
     workbench.load("qwen3.5-micro")       # the same: trains on first use, then loads
 
+With `task="graph"` the same recipe trains on the ProsQA-style graph task (its own cache
+folder, `qwen3.5-micro-graph-v1`, resumable the same way):
+
+    workbench train micro --set task=graph
+    workbench.load("qwen3.5-micro-graph")
+
 Design, so that it trains in minutes on a 2-core CPU:
 
 * Small and hybrid: d_model 128, four blocks alternating Gated DeltaNet and full
@@ -39,11 +45,14 @@ from torch import Tensor
 from ..errors import InputError
 from ..inputs import pad_left
 from ..paths import atomic_write_text, workbench_cache_dir
-from .arith import EVAL_SETS, ArithData, Encoded, encode_problems, eval_problems, pad_right, restricted_ce
+from .arith import ArithData, Encoded, check_task, encode_problems, eval_problems, pad_right, restricted_ce
 from .loop import StepLoss, prepare_trainable, train
 
 CACHE_KEY = "qwen3.5-micro-v1"
 MODEL_NAME = "qwen3.5-micro"
+# per task: the machine-cache folder and the registered model name
+CACHE_KEYS = {"arith": CACHE_KEY, "graph": "qwen3.5-micro-graph-v1"}
+MODEL_NAMES = {"arith": MODEL_NAME, "graph": "qwen3.5-micro-graph"}
 INFO_FILE = "micro.json"
 
 
@@ -113,7 +122,7 @@ def build_data(tokenizer: Any, cfg: MicroConfig) -> MicroData:
     enc = encode_problems(tokenizer, problems)
     rng = random.Random(f"micro-direct:{cfg.seed}")
     rows = [e.direct() if rng.random() < cfg.direct_fraction else e.cot() for e in enc]
-    evals = {name: encode_problems(tokenizer, eval_problems(name, cfg.eval_n)) for name in EVAL_SETS}
+    evals = {name: encode_problems(tokenizer, eval_problems(name, cfg.eval_n)) for name in cfg.eval_set_names()}
     used: set[int] = set()
     for ids, _ in rows:
         used.update(ids)
@@ -181,8 +190,9 @@ def micro_loss(n_zero: int):
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, encoded: list[Encoded], vocab: Tensor | None = None, direct: bool = False, max_new_tokens: int = 64, batch: int = 64) -> float:
     """Greedy accuracy of `model` (compact when `vocab` maps its ids to the full ones) on
-    encoded problems, with thinking (CoT) or direct answers."""
-    from ..tasks import extract_answer, is_correct
+    encoded problems, with thinking (CoT) or direct answers. Numeric answers are scored as
+    always (`extract_answer` + `is_correct`), string answers exactly (`tasks.score_answer`)."""
+    from ..tasks import score_answer
 
     lookup = None
     if vocab is not None:
@@ -203,15 +213,25 @@ def greedy_accuracy(model, tokenizer, encoded: list[Encoded], vocab: Tensor | No
             if vocab is not None:
                 gen = [int(vocab[t]) for t in gen]
             text = tokenizer.decode([t for t in gen if t != end_full], skip_special_tokens=False)
-            correct += bool(is_correct(extract_answer(text), e.problem.answer))
+            correct += bool(score_answer(text, e.problem.answer)[1])
     return correct / max(1, len(encoded))
 
 
 # --------------------------------------------------------------------------- the recipe
 
 
-def default_run_dir() -> Path:
-    return workbench_cache_dir() / f"{CACHE_KEY}.run"
+def default_run_dir(task: str = "arith") -> Path:
+    return workbench_cache_dir() / f"{CACHE_KEYS[check_task(task)]}.run"
+
+
+def cot_budget(encoded: list[Encoded], task: str = "arith", floor: int = 64) -> int:
+    """New tokens a CoT eval allows: `floor` for arithmetic (as always); for the graph task
+    the larger of `floor` and the set's longest target chain plus 16 (a 5-hop chain of
+    facts with its answer is about 45 tokens)."""
+    if check_task(task) == "arith":
+        return floor
+    longest = max((sum(len(s) for s in e.steps) + len(e.suffix) for e in encoded), default=0)
+    return max(floor, longest + 16)
 
 
 def train_micro(cfg: MicroConfig, *, resume: bool = False, on_step=None, cancel=None) -> tuple[Any, dict[str, Any]]:
@@ -229,7 +249,8 @@ def train_micro(cfg: MicroConfig, *, resume: bool = False, on_step=None, cancel=
     first_set = next(iter(data.eval_sets))
 
     def eval_fn(m):
-        return {"cot_acc_" + first_set.replace(" ", ""): greedy_accuracy(m, tok, data.eval_sets[first_set], data.vocab)}
+        es = data.eval_sets[first_set]
+        return {"cot_acc_" + first_set.replace(" ", ""): greedy_accuracy(m, tok, es, data.vocab, max_new_tokens=cot_budget(es, cfg.task))}
 
     res = train(model, data.examples, micro_loss(n_zero), cfg, eval_fn=eval_fn, on_step=on_step, cancel=cancel, resume=resume)
     if res.status != "done":
@@ -241,6 +262,7 @@ def train_micro(cfg: MicroConfig, *, resume: bool = False, on_step=None, cancel=
         "train_seconds": round(time.perf_counter() - t0, 1),
         "steps": res.step,
         "final_loss": res.final_loss,
+        "task": cfg.task,
         "compact_vocab": len(data.vocab),
         "parameters_non_embedding": sum(p.numel() for n, p in full.named_parameters() if "embed_tokens" not in n),
         "config": cfg.to_dict(),
@@ -248,7 +270,7 @@ def train_micro(cfg: MicroConfig, *, resume: bool = False, on_step=None, cancel=
     }
     for name, es in data.eval_sets.items():
         info["eval"][name] = {
-            "cot": greedy_accuracy(full, tok, es),
+            "cot": greedy_accuracy(full, tok, es, max_new_tokens=cot_budget(es, cfg.task)),
             "direct": greedy_accuracy(full, tok, es, direct=True, max_new_tokens=12),
         }
     info["metrics_path"] = str(res.metrics_path)
@@ -275,19 +297,23 @@ def tok_vocab_size() -> int:
     return int(qwen35_config("tiny").vocab_size)
 
 
-def micro_model_dir(cfg: MicroConfig | None = None) -> Path:
-    """The cached micro model, trained on first use (resuming an interrupted training run)."""
+def micro_model_dir(cfg: MicroConfig | None = None, task: str = "arith") -> Path:
+    """The cached micro model of `task` (`cfg.task` when a config is given), trained on
+    first use (resuming an interrupted training run)."""
     from ..models import cached_build, verify_manifest
 
-    folder = workbench_cache_dir() / CACHE_KEY
+    task = cfg.task if cfg is not None else check_task(task)
+    key = CACHE_KEYS[task]
+    folder = workbench_cache_dir() / key
     if folder.exists() and verify_manifest(folder) is None:
         return folder
-    cfg = cfg or MicroConfig()
-    run_dir = default_run_dir()
+    cfg = cfg or MicroConfig(task=task)
+    run_dir = default_run_dir(task)
     cfg = cfg.replace(out_dir=str(run_dir))
     resume = (run_dir / "checkpoint").exists()
+    about = "about 18 minutes on 2 CPU cores" if task == "arith" else "longer prompts than arithmetic: expect over half an hour on 2 CPU cores"
     print(
-        f"[workbench] training {MODEL_NAME} once on this machine ({cfg.steps} steps; about 18 minutes on 2 CPU cores)"
+        f"[workbench] training {MODEL_NAMES[task]} once on this machine ({cfg.steps} steps; {about})"
         + (f", resuming {run_dir}" if resume else "") + "; later loads read the cache",
         file=sys.stderr,
     )  # fmt: skip
@@ -298,7 +324,7 @@ def micro_model_dir(cfg: MicroConfig | None = None) -> Path:
             raise RuntimeError(f"micro model training stopped ({info}); run `workbench train micro` to continue it")
         save_micro(full, info, tmp)
 
-    out = cached_build(CACHE_KEY, build, {"source": "workbench train micro", "config": cfg.to_dict()})
+    out = cached_build(key, build, {"source": "workbench train micro", "config": cfg.to_dict()})
     import shutil
 
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -322,4 +348,5 @@ def run_recipe(cfg: MicroConfig, resume: bool) -> dict:
     return {"model_dir": str(target), **{k: v for k, v in info.items() if k != "config"}}
 
 
-__all__ = ["MicroConfig", "train_micro", "micro_model_dir", "expand", "compact_model", "build_data", "greedy_accuracy", "CACHE_KEY", "MODEL_NAME"]
+__all__ = ["MicroConfig", "train_micro", "micro_model_dir", "expand", "compact_model", "build_data", "greedy_accuracy", "cot_budget",
+           "CACHE_KEY", "MODEL_NAME", "CACHE_KEYS", "MODEL_NAMES"]
