@@ -311,7 +311,7 @@ TRAIN_CASES = [
     Case("bake-mode", _load_recipe_cfg("BakeConfig", "bake", mode="melt"), InputError, ["mode", "'melt'", "distil", "fold"]),
     Case("bake-layers-str", _load_recipe_cfg("BakeConfig", "bake", layers=["a"]), InputError, ["layers[0]", "'a'", "integer"]),
     Case("bake-scale-nan", _load_recipe_cfg("BakeConfig", "bake", scale=float("nan")), InputError, ["scale", "nan", "finite"]),
-    Case("coconut-thoughts-zero", _load_recipe_cfg("CoconutConfig", "latent_recipes", thoughts_per_step=0), InputError, ["thoughts_per_step", "0"]),
+    Case("coconut-thoughts-negative", _load_recipe_cfg("CoconutConfig", "latent_recipes", thoughts_per_step=-1), InputError, ["thoughts_per_step", "-1", ">= 1"]),
     Case("latent-head-trains-base", _load_recipe_cfg("LatentHeadConfig", "latent_recipes", train_modules=["x"]), InputError, ["frozen base", "train_modules"]),
     Case("pause-targets", _load_recipe_cfg("PauseConfig", "latent_recipes", targets="silver"), InputError, ["targets", "'silver'", "gold"]),
     Case("micro-direct-fraction", _load_recipe_cfg("MicroConfig", "micro", direct_fraction=2.0), InputError, ["direct_fraction", "2.0", "[0, 1]"]),

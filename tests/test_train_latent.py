@@ -163,7 +163,7 @@ def test_coconut_latents_in_training_are_the_engine_latents(micro):
 def test_recipes_train_and_save_what_the_engine_loads(micro_dir, micro, tmp_path):
     model = str(micro_dir)
     runs = {
-        "coconut": run_coconut(CoconutConfig(model=model, out_dir=str(tmp_path / "c"), max_reasoning_steps=2, **RECIPE)),
+        "coconut": run_coconut(CoconutConfig(model=model, out_dir=str(tmp_path / "c"), max_reasoning_steps=2, thoughts_per_step=1, **RECIPE)),
         "projection-head": run_projection(ProjectionConfig(model=model, out_dir=str(tmp_path / "p"), latent_steps=2, **RECIPE)),
         "latent-head": run_latent_head(LatentHeadConfig(model=model, out_dir=str(tmp_path / "l"), max_internal_tokens=6, **RECIPE)),
         "pause": run_pause(PauseConfig(model=model, out_dir=str(tmp_path / "s"), n_pause=2, **RECIPE)),
@@ -236,7 +236,7 @@ def test_recipes_on_a_model_without_a_thinking_block(smol, tmp_path):
     e = arith.encode_problems(smol.tokenizer, [p])[0]
     assert "<think>" not in smol.tokenizer.decode(e.prompt) and smol.tokenizer.decode(e.suffix).startswith("#### ")
     bench = wb.load("smollm2-135m", device="cpu")  # its own copy: the recipe fine-tunes (and merges into) it
-    cfg = CoconutConfig(model="smollm2-135m", out_dir=str(tmp_path / "c"), max_reasoning_steps=1, lora_rank=4, lora_targets=["q_proj", "v_proj"],
+    cfg = CoconutConfig(model="smollm2-135m", out_dir=str(tmp_path / "c"), max_reasoning_steps=1, thoughts_per_step=1, lora_rank=4, lora_targets=["q_proj", "v_proj"],
                         train_modules=[], **{**RECIPE, "steps": 1, "n_train": 4, "batch_size": 2})  # fmt: skip
     res = run_coconut(cfg, bench=bench)
     spec, model = latent.load_policy(res["final"])
@@ -269,3 +269,18 @@ def test_coconut_stages_see_different_problems(micro_dir, tmp_path, monkeypatch)
     # resuming a stage uses that stage's seed again: the order is a function of (stage seed, step)
     again = lr.coconut_stage_seed(cfg.seed, 2)
     assert again == seen[1][0]
+
+
+def test_coconut_defaults_are_the_papers():
+    """c = 2 on arithmetic (GSM8k's setting), 1 with 6 stages on the graph task (ProsQA's),
+    3 epochs per stage unless steps are given, the optimizer fresh at every stage."""
+    a = CoconutConfig(n_train=4000, batch_size=16)
+    assert (a.c, a.stages, a.steps_per_stage) == (2, a.max_reasoning_steps, 750)
+    assert CoconutConfig(steps=5).steps_per_stage == 5 and CoconutConfig(thoughts_per_step=3).c == 3
+    if "task" in CoconutConfig.__dataclass_fields__:
+        g = CoconutConfig(task="graph")
+        assert (g.c, g.stages) == (1, 6)
+    with pytest.raises(ValueError, match="epochs_per_stage"):
+        CoconutConfig(epochs_per_stage=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        CoconutConfig(steps=-1)

@@ -86,7 +86,8 @@ class TrainConfig:
         NaN and strings, a str field numbers, ...), then the ranges. Each refusal is an
         InputError naming the field, the bad value and what is valid."""
         check_field_types(self)
-        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "apollo_rank", "apollo_update_proj_gap"):
+        check_int(self.steps, "steps", low=getattr(type(self), "MIN_STEPS", 1))
+        for name in ("batch_size", "grad_accum", "ckpt_every", "log_every", "apollo_rank", "apollo_update_proj_gap"):
             check_int(getattr(self, name), name, low=1)
         for name in ("warmup_steps", "eval_every", "lora_rank"):
             check_int(getattr(self, name), name, low=0)

@@ -29,7 +29,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,30 +77,53 @@ class LatentRecipeConfig(ArithData):
 
 @dataclass
 class CoconutConfig(LatentRecipeConfig):
-    """COCONUT: stage k (1..max_stage) replaces the first k reasoning steps with
-    k x `thoughts_per_step` latent thoughts (every row gets k x c, so inference uses a fixed
-    count); `steps` optimizer steps per stage, optimizer reset at every stage. The final
-    stage (max_stage, default max_reasoning_steps) has no explicit step left: that model
-    runs as `Coconut(steps=max_stage * c, end="</think>")`. `stage0` first fine-tunes on
-    the explicit chains (the micro model already is)."""
+    """COCONUT: stage k (1..stages) replaces the first k reasoning steps with
+    k x c latent thoughts (every row gets k x c, so inference uses a fixed count),
+    the optimizer reset at every stage. The final stage has no explicit step left: that
+    model runs as `Coconut(steps=stages * c, end="</think>")`. `stage0` first fine-tunes
+    on the explicit chains (the micro model already is).
+
+    Paper-grade defaults (Hao et al. 2024): c = `thoughts_per_step`, 0 meaning the paper's
+    value for the task (2 on arithmetic, as for GSM8k; 1 on the graph task, as for ProsQA);
+    `stages` = `max_stage`, 0 meaning max_reasoning_steps on arithmetic and 6 on the graph
+    task; each stage runs `epochs_per_stage` epochs over the `n_train` problems (3, the
+    paper's GSM8k setting) unless `steps` (> 0) gives the optimizer steps per stage."""
+
+    MIN_STEPS: ClassVar[int] = 0  # steps = 0: epochs_per_stage decides
 
     recipe: str = "coconut"
     out_dir: str = "runs/coconut"
-    thoughts_per_step: int = 1
+    thoughts_per_step: int = 0
     max_stage: int = 0
     stage0: bool = False
-    steps: int = 120
+    steps: int = 0
+    epochs_per_stage: float = 3.0
 
     def validate(self) -> None:
         super().validate()
-        if self.thoughts_per_step < 1:
-            raise InputError(f"thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
+        if self.thoughts_per_step < 0:
+            raise InputError(f"thoughts_per_step must be >= 1 (0: the paper's value for the task), got {self.thoughts_per_step}")
         if self.max_stage < 0:
-            raise InputError(f"max_stage must be >= 0 (0: max_reasoning_steps), got {self.max_stage}")
+            raise InputError(f"max_stage must be >= 0 (0: the task's default), got {self.max_stage}")
+        check_float(self.epochs_per_stage, "epochs_per_stage", low=0.0, low_open=True)
+
+    @property
+    def c(self) -> int:
+        """Latent thoughts per replaced reasoning step."""
+        return self.thoughts_per_step or (1 if getattr(self, "task", "arith") == "graph" else 2)
 
     @property
     def stages(self) -> int:
-        return self.max_stage or self.max_reasoning_steps
+        return self.max_stage or (6 if getattr(self, "task", "arith") == "graph" else self.max_reasoning_steps)
+
+    @property
+    def steps_per_stage(self) -> int:
+        """`steps` when given, else ceil(epochs_per_stage x n_train / (batch_size x grad_accum))."""
+        if self.steps > 0:
+            return self.steps
+        import math
+
+        return max(1, math.ceil(self.epochs_per_stage * self.n_train / (self.batch_size * self.grad_accum)))
 
 
 @dataclass
@@ -113,7 +136,7 @@ class ProjectionConfig(LatentRecipeConfig):
 
     recipe: str = "projection-head"
     out_dir: str = "runs/projection-head"
-    latent_steps: int = 4
+    latent_steps: int = 6  # CODI's K = 6 latent thoughts
     head_hidden: int = 0
     distill_weight: float = 1.0
     steps: int = 200
@@ -471,8 +494,8 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
     from ..latent.policies import Coconut
 
     s = setup(cfg, bench)
-    hf, c = s.bench.hf, cfg.thoughts_per_step
-    results: dict[str, Any] = {"stages": []}
+    hf, c = s.bench.hf, cfg.c
+    results: dict[str, Any] = {"stages": [], "thoughts_per_step": c, "steps_per_stage": cfg.steps_per_stage}
     first = 0 if cfg.stage0 else 1
     for k in range(first, cfg.stages + 1):
         n_lat = k * c
@@ -486,7 +509,7 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
         model = LatentModel(_prepare_base(hf, cfg))
         # each stage its own data order (seed + k): with one seed every stage would start at
         # step 0 of the same permutation and train on the same steps x batch problems
-        scfg = cfg.replace(out_dir=str(Path(cfg.out_dir) / f"stage{k}"), seed=coconut_stage_seed(cfg.seed, k))
+        scfg = cfg.replace(out_dir=str(Path(cfg.out_dir) / f"stage{k}"), seed=coconut_stage_seed(cfg.seed, k), steps=cfg.steps_per_stage)
         stage_resume = resume and (Path(scfg.out_dir) / "checkpoint").exists()
         res = train(model, s.data, loss_fn, scfg, resume=stage_resume, on_step=on_step, cancel=cancel)
         hf = _merged(model.base)
