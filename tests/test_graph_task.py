@@ -280,3 +280,12 @@ def test_micro_graph_model_trains_resumes_loads_and_runs_its_cot_eval(tmp_cache,
         assert isinstance(r.answer, str) and (r.pred is None or isinstance(r.pred, str))
         assert r.correct == (r.pred == r.answer)
     assert "qwen3.5-micro-graph" in wb.available_models()
+
+    # a latent recipe on the graph task: trains on graph problems (the head distils at the
+    # name's first token) and its quick eval scores the graph sets
+    from workbench.train.latent_recipes import ProjectionConfig, run_projection
+
+    pcfg = ProjectionConfig(model=str(folder), task="graph", out_dir=str(tmp_cache / "proj"), latent_steps=2, n_train=8, eval_n=1, steps=2,
+                            batch_size=4, progress=False, device="cpu")  # fmt: skip
+    res = run_projection(pcfg)
+    assert res["status"] == "done" and set(res["eval"]) == {"3 hops", "4 hops", "5 hops"}
