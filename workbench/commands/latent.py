@@ -110,11 +110,15 @@ def register(sub) -> None:
     e.add_argument("--out", help="folder for results.jsonl, summary.json, summary.txt")
     e.set_defaults(func=_eval)
 
-    t = lsub.add_parser("results", help="the README results table: train every latent recipe on qwen3.5-micro, score all methods")
-    t.add_argument("--out", default="runs/latent-results", help="folder for the recipe runs, results.json and results.md")
+    t = lsub.add_parser("results", help="the README results table: train every latent recipe per seed on a micro model, score all methods "
+                        "(run it again to resume a stopped table)")
+    t.add_argument("--out", default="runs/latent-results", help="folder for the recipe runs, cells, results.json and results.md (per task)")
+    t.add_argument("--task", default="arith", help="arith (arithmetic word problems) or graph (ProsQA-style graph reasoning)")
+    t.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds per recipe (default 0,1,2)")
     t.add_argument("-n", type=int, default=100, help="held-out problems per difficulty")
-    t.add_argument("--model", default="qwen3.5-micro", help="base model (a thinking model with </think>)")
-    t.add_argument("--retrain", action="store_true", help="train the recipes again even if their output exists")
+    t.add_argument("--model", default=None, help="base model (a thinking model with </think>; default: the task's micro model)")
+    t.add_argument("--no-soft", action="store_true", help="leave out the training-free soft-thinking row")
+    t.add_argument("--retrain", action="store_true", help="train the recipes and score the cells again even if their output exists")
     t.add_argument("--recipes", default=None, help="comma-separated subset of coconut,projection-head,latent-head,pause,pause-answer,upft")
     t.add_argument("--batch-size", type=int, default=32)
     t.set_defaults(func=_results)
@@ -199,12 +203,19 @@ def _eval(args) -> int:
 def _results(args) -> int:
     from ..latent.results import results
 
+    from ..errors import InputError
+
     recipes = tuple(r.strip() for r in args.recipes.split(",")) if args.recipes else None
-    report = results(args.out, n=args.n, model=args.model, retrain=args.retrain, recipes=recipes, batch_size=args.batch_size)
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    report = results(args.out, task=args.task, seeds=seeds, n=args.n, model=args.model, retrain=args.retrain, recipes=recipes,
+                     batch_size=args.batch_size, training_free=not args.no_soft)  # fmt: skip
     from ..latent.results import markdown
 
     print(markdown(report))
-    print(f"wrote {args.out}/results.json, results.md")
+    print(f"wrote {args.out}/{args.task}/results.json, results.md")
     return 0
 
 

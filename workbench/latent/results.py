@@ -1,11 +1,19 @@
 """`workbench latent results`: the README's latent-reasoning results table in one command.
 
 On the Qwen3.5 micro model (trained once per machine): train every latent recipe with its
-default config (skipped when `<out>/<recipe>/final` exists; an interrupted run resumes),
-then score no-CoT, explicit CoT and each recipe through the latent engine on the held-out
-arithmetic sets of every difficulty (`train.arith.EVAL_SETS`); a training path that is not
-a latent method (`upft`) is scored as explicit CoT on its fine-tuned model. Writes
-`results.json` and `results.md` (atomic) into `out`.
+default config once per seed (`<out>/<task>/<recipe>/seed<s>/`; a finished one is reused,
+an interrupted one resumes), then score no-CoT, explicit CoT, soft thinking (training-free)
+and each recipe through the latent engine on the held-out sets of every difficulty; a
+training path that is not a latent method (`upft`) is scored as explicit CoT on its
+fine-tuned model. Every (row, seed, set) cell is written to `<out>/<task>/cells/` as soon
+as it is scored, so the command run again picks up where a stopped one left off.
+
+Per cell: the mean over seeds and a 95% interval (Student t over the seeds' accuracies
+when a row has >= 2 seeds; a Wilson interval over the problems for a row that is one
+deterministic run, the training-free ones); g = (acc - noCoT) / (CoT - noCoT), the share
+of the gap between answering directly and explicit CoT a method recovers. A row whose mean
+g over the sets is below `NOT_LEARNED_G` (0.3) is labelled "not learned at this budget".
+Writes `results.json` and `results.md` (atomic) into `<out>/<task>/`.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from ..errors import InputError, check_writable_target
 
 # (row label, recipe). Each label says what the row measures: "pause tokens before CoT" is
 # the pause recipe followed by the model's explicit chain (do pauses leave CoT intact?);
@@ -36,13 +46,18 @@ def row_method(final: str | Path) -> tuple[Any, str]:
     return load_policy(str(final))
 
 
+NOT_LEARNED_G = 0.3
+TRAINING_FREE = (("no-CoT", "no_think"), ("CoT", "cot"), ("soft thinking", "soft"))
+
+
 def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, overrides: dict | None = None) -> tuple[Path, dict]:
-    """`<out>/<recipe>/final`, training it with the default config when missing."""
+    """`<out>/final`, training `recipe` there with its default config (plus `overrides`)
+    when missing; an interrupted run in `out` resumes."""
     import shutil
 
     from ..train.latent_recipes import RUNNERS
 
-    run_dir = out / recipe
+    run_dir = out
     final = run_dir / "final"
     if retrain and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -64,24 +79,93 @@ def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, ove
     return final, info
 
 
+# --------------------------------------------------------------------------- statistics
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for the mean of `values` (n >= 2)."""
+    import statistics
+
+    from scipy import stats
+
+    n = len(values)
+    m = statistics.fmean(values)
+    if n < 2:
+        raise ValueError("a t interval needs at least 2 values")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / n**0.5
+    return m - half, m + half
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials."""
+    from scipy import stats
+
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def cell_stats(values: list[float], n_problems: int | None = None, binary: bool = False) -> dict[str, Any]:
+    """{"mean", "ci95": [lo, hi], "ci": kind} of per-seed values: a t interval over seeds for
+    >= 2 seeds; for one run of a proportion (`binary`, with `n_problems`), Wilson over the
+    problems; otherwise no interval (None)."""
+    import statistics
+
+    m = statistics.fmean(values)
+    if len(values) >= 2:
+        return {"mean": m, "ci95": list(t_interval(values)), "ci": "t over seeds"}
+    if binary and n_problems:
+        return {"mean": m, "ci95": list(wilson_interval(round(m * n_problems), n_problems)), "ci": "Wilson over problems"}
+    return {"mean": m, "ci95": None, "ci": "one deterministic run"}
+
+
+def gap_share(acc: float, no_cot: float, cot: float) -> float | None:
+    """g = (acc - noCoT) / (CoT - noCoT); None when CoT does not beat no-CoT."""
+    if cot - no_cot <= 1e-12:
+        return None
+    return (acc - no_cot) / (cot - no_cot)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def eval_sets(task: str) -> dict[str, Any]:
+    """name -> a function n -> held-out problems, for `task` (its eval sets, easiest first)."""
+    from ..train import arith
+
+    return {name: (lambda n, name=name: arith.eval_problems(name, n)) for name in arith.eval_set_names(task)}
+
+
+DEFAULT_MODELS = {"arith": "qwen3.5-micro", "graph": "qwen3.5-micro-graph"}
+
+
 def results(
     out_dir: str | Path = "runs/latent-results",
     *,
+    task: str = "arith",
+    seeds: tuple[int, ...] = (0, 1, 2),
     n: int = 100,
-    model: str = "qwen3.5-micro",
+    model: str | None = None,
     retrain: bool = False,
     batch_size: int = 32,
     recipes: tuple[str, ...] | None = None,
+    training_free: bool = True,
     overrides: dict[str, dict] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Train (per seed) and score every row; see the module docstring. `recipes` picks a
+    subset of `RECIPE_ROWS`' recipes (None: all), `training_free=False` leaves out the soft
+    thinking row (no-CoT and CoT are always scored: g needs them), `overrides` maps a recipe
+    to config fields (its `seed` is always the row's seed)."""
     from .. import load
-    from ..paths import atomic_write_text
-    from ..train.arith import EVAL_SETS, eval_problems
-    from .eval import evaluate
-
-    from ..errors import InputError, check_writable_target
     from ..inputs import check_integer
+    from ..paths import atomic_write_text
+    from .eval import evaluate
+    from .policies import SoftThinking
 
     known = [r for _, r in RECIPE_ROWS]
     if isinstance(recipes, str):  # one name, not its letters
@@ -91,52 +175,133 @@ def results(
     unknown = [r for r in (recipes or ()) if r not in known]
     if unknown:
         raise InputError(f"unknown recipe(s) {unknown}; valid: {', '.join(known)}")
+    if not isinstance(task, str) or task not in DEFAULT_MODELS:
+        raise InputError(f"task must be one of {', '.join(DEFAULT_MODELS)}, got {task!r}")
+    if isinstance(seeds, int) or not hasattr(seeds, "__iter__"):
+        raise InputError(f"seeds must be a list of integers, got {seeds!r}")
+    seeds = tuple(check_integer(x, "seeds entry", low=0) for x in seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds must be distinct and at least one, got {list(seeds)}")
     n = check_integer(n, "n (problems per set)", low=1)
     batch_size = check_integer(batch_size, "batch_size", low=1)
     check_writable_target(out_dir, "out_dir")
-    out = Path(out_dir)
+    model = model or DEFAULT_MODELS[task]
+    sets = eval_sets(task)
+    out = Path(out_dir) / task
     out.mkdir(parents=True, exist_ok=True)
-    base = load(model, device="cpu")
-    benches: dict[str, Any] = {model: base}
-    rows: list[tuple[str, Any, Any, dict]] = [("no-CoT", base, "no_think", {}), ("CoT", base, "cot", {})]
+    problems = {name: fn(n) for name, fn in sets.items()}
+    benches: dict[str, Any] = {}
+
+    def bench_for(m: str):
+        if m not in benches:
+            benches[m] = load(m, device="cpu")
+        return benches[m]
+
+    def cell(label: str, seed: int | None, set_name: str, make) -> dict:
+        """One scored cell, read back when a previous run wrote it."""
+        path = out / "cells" / _slug(label) / ("seed-free" if seed is None else f"seed{seed}") / f"{_slug(set_name)}.json"
+        if path.is_file() and not retrain:
+            return json.loads(path.read_text())
+        bench, method = make()
+        _, summary = evaluate(bench, {label: method}, problems[set_name], batch_size=batch_size, progress=progress)
+        s = asdict(summary[0])
+        s["thinking_positions"] = s["latent_positions"] + s["think_steps"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(s, indent=1) + "\n")
+        return s
+
+    # (label, recipe or None, [(seed, make, train_seconds)])
+    plan: list[tuple[str, str | None, list]] = []
+    for label, method in TRAINING_FREE:
+        if method == "soft" and not training_free:
+            continue
+        spec = SoftThinking(max_steps=64) if method == "soft" else method
+        plan.append((label, None, [(None, lambda spec=spec: (bench_for(model), spec), None)]))
     for label, recipe in RECIPE_ROWS:
         if recipes is not None and recipe not in recipes:
             continue
-        final, info = ensure_recipe(recipe, out, model, retrain, (overrides or {}).get(recipe))
-        spec, m = row_method(final)
-        if m not in benches:
-            benches[m] = load(m, device="cpu")
-        rows.append((label, benches[m], spec, {"train_seconds": info.get("train_seconds"), "folder": str(final)}))
-    problems = {name: eval_problems(name, n) for name in EVAL_SETS}
+        runs = []
+        for seed in seeds:
+            ov = {**((overrides or {}).get(recipe) or {}), "seed": seed}
+            if task != "arith":
+                ov.setdefault("task", task)
+            final, info = ensure_recipe(recipe, out / recipe / f"seed{seed}", model, retrain, ov)
+
+            def make(final=final):
+                spec, m = row_method(final)
+                return bench_for(m or model), spec
+
+            runs.append((seed, make, info.get("train_seconds")))
+        plan.append((label, recipe, runs))
+
     table: list[dict[str, Any]] = []
-    for label, bench, method, extra in rows:
-        entry: dict[str, Any] = {"method": label, **extra, "sets": {}}
-        for set_name, probs in problems.items():
-            _, summary = evaluate(bench, {label: method}, probs, batch_size=batch_size, progress=progress)
-            s = summary[0]
-            entry["sets"][set_name] = {**asdict(s), "thinking_positions": s.latent_positions + s.think_steps}
-        table.append(entry)
-    report = {"model": model, "n_per_set": n, "sets": list(EVAL_SETS), "rows": table}
+    for label, recipe, runs in plan:
+        per_set = {name: [cell(label, seed, name, make) for seed, make, _ in runs] for name in sets}
+        train_s = [t for _, _, t in runs if t is not None]
+        table.append({
+            "task": task, "method": label, "recipe": recipe, "n_seeds": len(runs),
+            "seeds": [seed for seed, _, _ in runs if seed is not None],
+            "accuracy": {k: cell_stats([c["accuracy"] for c in v], n, binary=True) for k, v in per_set.items()},
+            "thinking_positions": {k: cell_stats([c["thinking_positions"] for c in v]) for k, v in per_set.items()},
+            "visible_tokens": {k: cell_stats([c["visible_tokens"] for c in v]) for k, v in per_set.items()},
+            "self_exit_rate": {k: cell_stats([c["self_exit_rate"] for c in v]) for k, v in per_set.items()},
+            "train_seconds": (sum(train_s) / len(train_s)) if train_s else None,
+        })  # fmt: skip
+    base = {r["method"]: r for r in table}
+    for r in table:
+        g = {k: gap_share(r["accuracy"][k]["mean"], base["no-CoT"]["accuracy"][k]["mean"], base["CoT"]["accuracy"][k]["mean"]) for k in sets}
+        vals = [v for v in g.values() if v is not None]
+        r["g"] = {**g, "mean": (sum(vals) / len(vals)) if vals else None}
+        if r["method"] in ("no-CoT", "CoT"):
+            r["status"] = "baseline"
+        else:
+            r["status"] = "not learned at this budget" if r["g"]["mean"] is None or r["g"]["mean"] < NOT_LEARNED_G else "learned"
+    report = {
+        "task": task, "model": model, "n_per_set": n, "seeds": list(seeds), "sets": list(sets), "not_learned_below_g": NOT_LEARNED_G,
+        "rows": table,
+    }  # fmt: skip
     atomic_write_text(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
-    md = markdown(report)
-    atomic_write_text(out / "results.md", md + "\n")
+    atomic_write_text(out / "results.md", markdown(report) + "\n")
     return report
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+def _fmt_ci(c: dict, fmt: str = "{:.2f}") -> str:
+    if c["ci95"] is None:
+        return fmt.format(c["mean"])
+    lo, hi = c["ci95"]
+    return f"{fmt.format(c['mean'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def markdown(report: dict[str, Any]) -> str:
     sets = report["sets"]
-    head = "| method | " + " | ".join(f"acc {s}" for s in sets) + " | thinking positions | visible tokens | train time |"
-    sep = "|---|" + "---:|" * (len(sets) + 3)
+    head = "| method | seeds | " + " | ".join(f"acc {s}" for s in sets) + " | g | thinking positions | visible tokens | train time |"
+    sep = "|---|---:|" + "---:|" * (len(sets) + 4)
     lines = [head, sep]
     for r in report["rows"]:
-        accs = " | ".join(f"{r['sets'][s]['accuracy']:.2f}" for s in sets)
-        pos = " / ".join(f"{r['sets'][s]['thinking_positions']:.1f}" for s in sets)
-        vis = " / ".join(f"{r['sets'][s]['visible_tokens']:.1f}" for s in sets)
+        accs = " | ".join(_fmt_ci(r["accuracy"][s]) for s in sets)
+        gs = " / ".join("–" if r["g"][s] is None else f"{r['g'][s]:.2f}" for s in sets)
+        pos = " / ".join(f"{r['thinking_positions'][s]['mean']:.1f}" for s in sets)
+        vis = " / ".join(f"{r['visible_tokens'][s]['mean']:.1f}" for s in sets)
         t = r.get("train_seconds")
-        lines.append(f"| {r['method']} | {accs} | {pos} | {vis} | {'' if t is None else f'{t / 60:.1f} min'} |")
+        name = r["method"] + (" (not learned at this budget)" if r["status"] == "not learned at this budget" else "")
+        lines.append(f"| {name} | {r['n_seeds']} | {accs} | {gs} | {pos} | {vis} | {'' if t is None else f'{t / 60:.1f} min'} |")
     lines.append("")
-    lines.append(f"{report['n_per_set']} held-out problems per set; thinking positions and visible tokens are means per set ({' / '.join(sets)}).")
+    lines.append(
+        f"Task {report['task']}, model {report['model']}, {report['n_per_set']} held-out problems per set, seeds {report['seeds']}. "
+        "Accuracy: mean [95% interval] (t over seeds; Wilson over problems for one deterministic run). "
+        f"g = (acc - noCoT) / (CoT - noCoT) per set; a row with mean g below {report['not_learned_below_g']} is not reported as a "
+        f"method result. Thinking positions and visible tokens are means per set ({' / '.join(sets)})."
+    )
     return "\n".join(lines)
 
 
-__all__ = ["results", "markdown", "ensure_recipe", "row_method", "RECIPE_ROWS"]
+__all__ = [
+    "results", "markdown", "ensure_recipe", "row_method", "RECIPE_ROWS", "TRAINING_FREE", "NOT_LEARNED_G", "cell_stats",
+    "t_interval", "wilson_interval", "gap_share", "eval_sets",
+]  # fmt: skip

@@ -1,0 +1,86 @@
+"""`workbench latent results`: seeds, intervals, g, the not-learned label, and resuming a
+half-done table cell by cell."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from workbench.latent import results as R
+
+TINY = {"n_train": 8, "steps": 2, "batch_size": 4, "progress": False, "device": "cpu"}
+
+
+def test_intervals_by_hand():
+    lo, hi = R.t_interval([0.2, 0.3, 0.25])
+    # mean 0.25, sd 0.05, t(0.975, 2) = 4.302653
+    half = 4.302652729911275 * 0.05 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.25 - half, 0.25 + half), rel=1e-9)
+    # Wilson, 50 of 100: centre 0.5, half 1.959964 * sqrt(0.25/100 + z^2/40000) / (1 + z^2/100)
+    z = 1.959963984540054
+    half = z * math.sqrt(0.25 / 100 + z * z / 40000) / (1 + z * z / 100)
+    assert R.wilson_interval(50, 100) == pytest.approx((0.5 - half, 0.5 + half), rel=1e-9)
+    assert R.wilson_interval(0, 10)[0] == 0.0 and R.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    one = R.cell_stats([0.5], 100, binary=True)
+    assert one["ci"] == "Wilson over problems" and one["ci95"] == pytest.approx(list(R.wilson_interval(50, 100)))
+    assert R.cell_stats([3.0])["ci95"] is None
+    assert R.gap_share(0.5, 0.2, 0.8) == pytest.approx(0.5) and R.gap_share(0.5, 0.8, 0.8) is None
+
+
+def test_results_table_seeds_g_labels_and_resume(micro_dir, tmp_path, monkeypatch):
+    """Two seeds of the pause recipe on the smoke micro model: every JSON row carries task,
+    method, n_seeds, accuracy and thinking positions per set (mean + ci95) and g; a second
+    run reads every cell back instead of scoring it again."""
+    from workbench.latent import eval as E
+
+    calls = []
+    real = E.evaluate
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E, "evaluate", counting)
+    kw = dict(seeds=(0, 1), n=2, model=str(micro_dir), recipes=("pause",), overrides={"pause": TINY}, progress=False, batch_size=4)
+    rep = R.results(tmp_path / "r", **kw)
+    sets = rep["sets"]
+    assert [r["method"] for r in rep["rows"]] == ["no-CoT", "CoT", "soft thinking", "pause tokens before CoT"]
+    first = len(calls)
+    assert first == len(sets) * (3 + 2)  # three training-free rows once, the recipe once per seed
+    for r in rep["rows"]:
+        assert {"task", "method", "n_seeds", "accuracy", "thinking_positions", "g", "status"} <= set(r)
+        assert r["task"] == "arith"
+        for s in sets:
+            for key in ("accuracy", "thinking_positions"):
+                assert set(r[key][s]) >= {"mean", "ci95"}
+    pause = rep["rows"][-1]
+    assert pause["n_seeds"] == 2 and pause["seeds"] == [0, 1] and pause["accuracy"][sets[0]]["ci"] == "t over seeds"
+    assert rep["rows"][0]["accuracy"][sets[0]]["ci"] == "Wilson over problems"
+    assert (tmp_path / "r" / "arith" / "pause" / "seed1" / "final" / "latent_policy.json").is_file()
+    base = {r["method"]: r for r in rep["rows"]}
+    for r in rep["rows"]:
+        for s in sets:
+            want = R.gap_share(r["accuracy"][s]["mean"], base["no-CoT"]["accuracy"][s]["mean"], base["CoT"]["accuracy"][s]["mean"])
+            assert r["g"][s] == want
+        if r["status"] != "baseline":
+            learned = r["g"]["mean"] is not None and r["g"]["mean"] >= R.NOT_LEARNED_G
+            assert r["status"] == ("learned" if learned else "not learned at this budget")
+    md = (tmp_path / "r" / "arith" / "results.md").read_text()
+    assert "| method | seeds |" in md and "95% interval" in md
+    saved = json.loads((tmp_path / "r" / "arith" / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rep["rows"], default=str))
+    # run again: every cell and every recipe is read back, nothing is scored or trained
+    again = R.results(tmp_path / "r", **kw)
+    assert len(calls) == first and again["rows"] == rep["rows"]
+
+
+def test_results_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"task must be one of arith, graph, got 'chess'"):
+        R.results(tmp_path / "r", task="chess")
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        R.results(tmp_path / "r", seeds=(1, 1))
+    with pytest.raises(ValueError, match="seeds entry"):
+        R.results(tmp_path / "r", seeds=(1.5,))
+    assert not (tmp_path / "r").exists()
