@@ -119,7 +119,9 @@ def register(sub) -> None:
     t.add_argument("--model", default=None, help="base model (a thinking model with </think>; default: the task's micro model)")
     t.add_argument("--no-soft", action="store_true", help="leave out the training-free soft-thinking row")
     t.add_argument("--retrain", action="store_true", help="train the recipes and score the cells again even if their output exists")
-    t.add_argument("--recipes", default=None, help="comma-separated subset of coconut,projection-head,latent-head,pause,pause-answer,upft")
+    from ..latent.results import RECIPE_ROWS
+
+    t.add_argument("--recipes", default=None, help=f"comma-separated subset of {','.join(r for _, r in RECIPE_ROWS)}")
     t.add_argument("--batch-size", type=int, default=32)
     t.set_defaults(func=_results)
 

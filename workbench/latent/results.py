@@ -34,6 +34,7 @@ from ..errors import InputError, check_writable_target
 RECIPE_ROWS = (
     ("COCONUT", "coconut"), ("projection head", "projection-head"), ("latent head", "latent-head"),
     ("pause tokens before CoT", "pause"), ("pause tokens, no CoT (Goyal)", "pause-answer"), ("UPFT, then CoT", "upft"),
+    ("Latent-SFT", "latent-sft"), ("projection head, QThink teacher", "projection-qthink"),
 )  # fmt: skip
 
 
