@@ -311,7 +311,7 @@ def micro_model_dir(cfg: MicroConfig | None = None, task: str = "arith") -> Path
     run_dir = default_run_dir(task)
     cfg = cfg.replace(out_dir=str(run_dir))
     resume = (run_dir / "checkpoint").exists()
-    about = "about 18 minutes on 2 CPU cores" if task == "arith" else "longer prompts than arithmetic: expect over half an hour on 2 CPU cores"
+    about = "about 18 minutes on 2 CPU cores" if task == "arith" else "about 1.5x the arithmetic model's tokens per example: expect longer than its 18 minutes on 2 CPU cores"
     print(
         f"[workbench] training {MODEL_NAMES[task]} once on this machine ({cfg.steps} steps; {about})"
         + (f", resuming {run_dir}" if resume else "") + "; later loads read the cache",
