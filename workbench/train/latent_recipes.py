@@ -56,7 +56,7 @@ class LatentRecipeConfig(ArithData):
     `train_modules=[]` keeps it frozen. `eval_n` held-out problems per eval set are scored
     through the latent engine at the end (0: skip)."""
 
-    model: str = "qwen3.5-micro"
+    model: str = ""  # "": the task's micro model (qwen3.5-micro, qwen3.5-micro-graph)
     out_dir: str = "runs/latent"
     eval_n: int = 32
     steps: int = 300
@@ -69,10 +69,19 @@ class LatentRecipeConfig(ArithData):
     train_modules: list[str] = field(default_factory=lambda: [r"\.layers\.", r"^model\.norm\."])
     ckpt_every: int = 100
 
+    def __post_init__(self) -> None:
+        if self.model == "" and isinstance(getattr(self, "task", None), str):
+            from .micro import MODEL_NAMES
+
+            self.model = MODEL_NAMES.get(self.task, "")  # an unknown task is refused by validate
+        super().__post_init__()
+
     def validate(self) -> None:
         super().validate()
         if self.eval_n < 0:
             raise InputError(f"eval_n must be >= 0, got {self.eval_n}")
+        if not self.model:
+            raise InputError("model is empty; give a model name or folder (default: the task's micro model)")
 
 
 @dataclass

@@ -101,7 +101,7 @@ RECIPES: dict[str, Recipe] = {
     "upft": Recipe("upft", "UPFT (Ji et al. 2025): fine-tune the model on the first tokens of its own sampled answers; evaluated with CoT", _latent_config("upft"), _latent_run("upft")),
     "latent-sft": Recipe("latent-sft", "Latent-SFT: stage 1 encoder/decoder under induction/supervision masks, stage 2 KL + CE to the soft labels", _latent_config("latent-sft"), _latent_run("latent-sft")),
     "projection-qthink": Recipe("projection-qthink", "projection head with QThink's teacher: reward-weighted mean hidden states of correct sampled rollouts", _latent_config("projection-qthink"), _latent_run("projection-qthink")),
-    "micro": Recipe("micro", "train the Qwen3.5 micro model from scratch on arithmetic with <think> chains (the machine cache without --out)", _micro_config, _run_micro),
+    "micro": Recipe("micro", "train the Qwen3.5 micro model from scratch with <think> chains on arithmetic (or --set task=graph: the graph task) (the machine cache without --out)", _micro_config, _run_micro),
 }
 
 
