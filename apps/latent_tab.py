@@ -133,17 +133,23 @@ def _partial_trace(pol: Any, steps: list, text: str) -> Any:
 
 
 def build_ui(ctx: AppContext) -> LatentTab:
+    from workbench.latent.offer import offer
+
     tab = LatentTab(ctx)
+    found = offer(ctx.readable_dirs)  # trained recipe folders first; else how to make them
+    tab.offer = found
     gr.Markdown("Run a prompt through a latent loop: COCONUT and soft thinking need no file; a projection head "
                 "or a latent head needs its `.safetensors` file (uploaded, or in an allowed folder); `trained` reads the "
                 "`final` folder a latent training recipe wrote (path in an allowed folder).")
+    gr.Markdown(found.message, elem_id="latent-offer")
     with gr.Row():
-        policy = gr.Dropdown(list(POLICIES), value="coconut", label="policy")
+        policy = gr.Dropdown(list(POLICIES), value="trained" if found.recipe_folders else "coconut", label="policy")
         steps = gr.Number(6, precision=0, label="latent steps", elem_id="latent-steps")
         max_new = gr.Number(32, precision=0, label="max new tokens", elem_id="latent-max-new")
     with gr.Row():
         upload = gr.File(label="head file (.safetensors)", file_types=[".safetensors"])
-        path = gr.Textbox(label="or head file path (inside an allowed folder)")
+        path = gr.Textbox(str(found.recipe_folders[0]) if found.recipe_folders else "",
+                          label="or head file / recipe folder path (inside an allowed folder)")
     prompt = gr.Textbox("What is 3 + 4 * 2?", label="prompt")
     run_btn = gr.Button("Run", variant="primary")
     status = gr.Markdown(elem_id="latent-status")
