@@ -37,6 +37,7 @@ from ..paths import atomic_write_text
 from .checkpoint import CKPT_DIR, read_checkpoint, restore, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
+from .speed import fast_training
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -194,6 +195,7 @@ def train(
     cancel: Any = None,
     resume: bool = False,
     extra_state: Callable[[], dict[str, Any]] | None = None,
+    fast_kernels: bool | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad on `data` with `loss_fn`.
 
@@ -208,6 +210,12 @@ def train(
         corrupt, foreign or from a run with different math settings). Without resume an
         existing checkpoint is refused rather than overwritten.
     extra_state(): a JSON-able dict stored in each checkpoint (recipe bookkeeping).
+    fast_kernels: run the steps inside `speed.fast_training()` (Qwen3.5 Gated DeltaNet in
+        its whole-sequence parallel form, and length-bucketed forwards for recipes that
+        use `speed.hidden_states`): the same losses to float rounding, faster on the CPU.
+        None (default): the config's `fast_kernels` field if it has one, else on;
+        WORKBENCH_FAST_KERNELS=0 turns it off everywhere. A checkpoint resumes the same
+        with it on or off.
     """
     if len(data) == 0:
         raise InputError("the training corpus is empty; give at least one example")
@@ -271,8 +279,9 @@ def train(
         bar = tqdm(total=cfg.steps, initial=start, desc=cfg.recipe, unit="step", dynamic_ncols=True)
     status = "done"
     step = start
+    fast = bool(getattr(cfg, "fast_kernels", True)) if fast_kernels is None else bool(fast_kernels)
     try:
-        with open(metrics_path, "a") as log:
+        with open(metrics_path, "a") as log, fast_training(fast):
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 lr = lr_at(step, cfg)
