@@ -206,8 +206,8 @@ def run_micro(args) -> dict:
     from ..train.optim import lr_at, make_optimizer, set_lr
     from ..train.speed import fast_training
 
-    steps = max(1, int(args.micro_steps))
-    cfg = MicroConfig(out_dir="unused", progress=False, n_train=int(args.micro_n_train))
+    steps = max(1, int(getattr(args, "micro_steps", 6)))
+    cfg = MicroConfig(out_dir="unused", progress=False, n_train=int(getattr(args, "micro_n_train", 2000)))
     data = build_data(qwen35_tokenizer(), cfg)
     n_zero = tok_vocab_size() - len(data.vocab)
     base = compact_model(cfg, len(data.vocab))
