@@ -174,12 +174,14 @@ def expand(compact: torch.nn.Module, vocab: Tensor, cfg: MicroConfig):
 
 
 def micro_loss(n_zero: int):
+    from .speed import hidden_states
+
     def loss_fn(model, batch: list[tuple[Tensor, int]]) -> StepLoss:
         ids, mask = pad_right([b[0].tolist() for b in batch])
         target = mask.clone()
         for i, (_, n_prompt) in enumerate(batch):
             target[i, :n_prompt] = False
-        h = model.model(input_ids=ids).last_hidden_state  # right padding: causal, no mask needed
+        h = hidden_states(model.model, ids, mask)  # right padding: causal; length-bucketed inside speed.fast_training()
         sel = target[:, 1:]
         loss = restricted_ce(h[:, :-1][sel], ids[:, 1:][sel], model.get_output_embeddings().weight, n_zero)
         return StepLoss(loss, tokens=int(mask.sum()), metrics={"target_tokens": float(sel.sum())})
