@@ -303,7 +303,7 @@ def test_training_tab_latent_recipe_and_trained_policy(app, micro_dir, tmp_path)
     assert [t.name for t in fig.data] == ["stage 1", "stage 2", "stage 3", "stage 4"]
     assert any(str(o[1]).startswith("stage ") for o in outs[:-1])  # live rows while training
     run = list(tabs["Latent reasoning"].run(key, "trained", "Ava has 3 apples. How many apples does Ava have now?", 6, 4, None, "coco-test/final"))
-    assert "coconut: 4 latent steps" in run[-1][0]
+    assert "coconut: 8 latent steps" in run[-1][0]  # 4 stages x c = 2 thoughts per step (COCONUT's GSM8k setting)
     with pytest.raises(gr.Error, match="was trained on model"):
         list(tabs["Latent reasoning"].run(MODEL, "trained", "2+2?", 6, 4, None, "coco-test/final"))
     outs = list(tabs["Training"].latent_train(base, "pause", "pause-test", 2, False))
