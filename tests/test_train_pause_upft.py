@@ -245,3 +245,30 @@ def test_new_recipes_on_the_command_line(capsys):
     assert json.loads(capsys.readouterr().out)["n_pause"] == 10
     assert main(["upft", "--set", "temperature=0", "--print-config"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_cached_sample_files_are_checked(tmp_path):
+    """The UPFT samples and QThink rollouts a run caches: another run's settings are drawn
+    again (None); a torn file, the wrong number of rows or rows of other problems are
+    FileFormatErrors naming the file and the field."""
+    from types import SimpleNamespace
+
+    from workbench.errors import FileFormatError
+
+    data = [SimpleNamespace(problem=SimpleNamespace(id=f"p{i}")) for i in range(2)]
+    cfg = UpftConfig(n_train=2)
+    header = lr.cache_header(cfg, ("prefix_tokens",))
+    assert header["task"] == "arith" and header["prefix_tokens"] == 8 and "max_hops" in header
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"config": header, "samples": [{"id": "p0"}, {"id": "p1"}]}))
+    assert lr.read_cached_rows(path, header, "samples", data, "samples") == [{"id": "p0"}, {"id": "p1"}]
+    assert lr.read_cached_rows(path, {**header, "seed": 99}, "samples", data, "samples") is None
+    path.write_text(json.dumps({"config": header, "samples": [{"id": "p0"}]}))
+    with pytest.raises(FileFormatError, match=r"s\.json: field 'samples' must list one entry per training problem \(2\)"):
+        lr.read_cached_rows(path, header, "samples", data, "samples")
+    path.write_text(json.dumps({"config": header, "samples": [{"id": "p0"}, {"id": "p7"}]}))
+    with pytest.raises(FileFormatError, match="entry 1 of 'samples' is not training problem 'p1'"):
+        lr.read_cached_rows(path, header, "samples", data, "samples")
+    path.write_text('{"config": ')
+    with pytest.raises(FileFormatError, match=r"s\.json: the saved samples cannot be read"):
+        lr.read_cached_rows(path, header, "samples", data, "samples")

@@ -937,30 +937,53 @@ def upft_samples(bench: Any, data: Sequence[Encoded], cfg: UpftConfig) -> list[U
     return [x for x in out if x is not None]
 
 
-def _upft_header(cfg: UpftConfig) -> dict:
-    keys = ("model", "seed", "n_train", "min_reasoning_steps", "max_reasoning_steps", "digits", "prefix_tokens", "full_ratio", "temperature", "top_p", "max_sample_tokens")
-    return {k: getattr(cfg, k) for k in keys}
+DATA_KEYS = ("model", "seed", "task", "n_train", "min_reasoning_steps", "max_reasoning_steps", "digits", "min_hops", "max_hops")
 
 
-def _upft_load_samples(path: Path, cfg: UpftConfig, data: Sequence[Encoded]) -> list[UpftExample] | None:
-    """The samples a run saved (for an exact resume), or None when they do not belong to
-    this run's settings and data (then they are drawn again)."""
+def cache_header(cfg: Any, keys: Sequence[str]) -> dict:
+    """The settings a cached sample file belongs to: the data's (`DATA_KEYS`) and `keys`."""
+    return {k: getattr(cfg, k) for k in (*DATA_KEYS, *keys) if hasattr(cfg, k)}
+
+
+def read_cached_rows(path: Path, header: dict, field_name: str, data: Sequence[Encoded], what: str) -> list[dict] | None:
+    """The rows (one dict per training problem, in order, each with the problem's "id") a
+    run cached in `path` for an exact resume; None when the file belongs to other settings
+    (then the caller draws again). A file that is not JSON, holds the wrong number of rows
+    or rows of other problems is a FileFormatError naming it and the field."""
     from ..errors import FileFormatError
     from ..paths import read_json_object
 
     try:
         saved = read_json_object(path)
     except (FileFormatError, ValueError) as e:
-        raise FileFormatError(f"{path}: the saved UPFT samples cannot be read ({e}); delete the file to sample again") from None
-    if saved.get("config") != _upft_header(cfg):
+        raise FileFormatError(f"{path}: the saved {what} cannot be read ({e}); delete the file to sample again") from None
+    if saved.get("config") != header:
         return None
-    rows = saved.get("samples")
+    rows = saved.get(field_name)
     if not isinstance(rows, list) or len(rows) != len(data):
-        raise FileFormatError(f"{path}: field 'samples' must list one sample per training problem ({len(data)})")
+        raise FileFormatError(f"{path}: field {field_name!r} must list one entry per training problem ({len(data)})")
+    for i, (e, r) in enumerate(zip(data, rows)):
+        if not isinstance(r, dict) or r.get("id") != str(e.problem.id):
+            raise FileFormatError(f"{path}: entry {i} of {field_name!r} is not training problem {e.problem.id!r}; delete the file to sample again")
+    return rows
+
+
+def _upft_header(cfg: UpftConfig) -> dict:
+    return cache_header(cfg, ("prefix_tokens", "full_ratio", "temperature", "top_p", "max_sample_tokens"))
+
+
+def _upft_load_samples(path: Path, cfg: UpftConfig, data: Sequence[Encoded]) -> list[UpftExample] | None:
+    """The samples a run saved (for an exact resume), or None when they do not belong to
+    this run's settings and data (then they are drawn again)."""
+    from ..errors import FileFormatError
+
+    rows = read_cached_rows(path, _upft_header(cfg), "samples", data, "UPFT samples")
+    if rows is None:
+        return None
     out = []
     for e, r in zip(data, rows):
-        if not isinstance(r, dict) or r.get("id") != str(e.problem.id) or not isinstance(r.get("ids"), list) or not isinstance(r.get("full"), bool):
-            raise FileFormatError(f"{path}: sample {len(out)} does not match training problem {e.problem.id!r}; delete the file to sample again")
+        if not isinstance(r.get("ids"), list) or not isinstance(r.get("full"), bool):
+            raise FileFormatError(f"{path}: sample {len(out)} of training problem {e.problem.id!r} is malformed; delete the file to sample again")
         out.append(UpftExample(str(e.problem.id), list(e.prompt), [int(t) for t in r["ids"]], r["full"]))
     return out
 

@@ -57,7 +57,9 @@ from .latent_recipes import (
     _write_policy,
     after_loss,
     answer_index,
+    cache_header,
     quick_eval,
+    read_cached_rows,
     setup,
     unroll,
 )
@@ -186,25 +188,16 @@ def sample_rollouts(bench: Any, data: Sequence[Encoded], cfg: QThinkConfig) -> l
 
 
 def _header(cfg: QThinkConfig) -> dict:
-    keys = ("model", "seed", "n_train", "min_reasoning_steps", "max_reasoning_steps", "digits", "n_rollouts", "rollout_temperature", "rollout_top_p", "max_rollout_tokens")
-    return {k: getattr(cfg, k) for k in keys}
+    return cache_header(cfg, ("n_rollouts", "rollout_temperature", "rollout_top_p", "max_rollout_tokens"))
 
 
 def _load_rollouts(path: Path, cfg: QThinkConfig, data: Sequence[Encoded]) -> list[list[list[int]]] | None:
-    from ..paths import read_json_object
-
-    try:
-        saved = read_json_object(path)
-    except (FileFormatError, ValueError) as e:
-        raise FileFormatError(f"{path}: the saved QThink rollouts cannot be read ({e}); delete the file to sample again") from None
-    if saved.get("config") != _header(cfg):
+    rows = read_cached_rows(path, _header(cfg), "problems", data, "QThink rollouts")
+    if rows is None:
         return None
-    rows = saved.get("problems")
-    if not isinstance(rows, list) or len(rows) != len(data):
-        raise FileFormatError(f"{path}: field 'problems' must list the rollouts of every training problem ({len(data)})")
     out = []
     for e, r in zip(data, rows):
-        if not isinstance(r, dict) or r.get("id") != str(e.problem.id) or not isinstance(r.get("rollouts"), list) or len(r["rollouts"]) != cfg.n_rollouts:
+        if not isinstance(r.get("rollouts"), list) or len(r["rollouts"]) != cfg.n_rollouts:
             raise FileFormatError(f"{path}: entry {len(out)} does not hold {cfg.n_rollouts} rollouts of problem {e.problem.id!r}; delete the file to sample again")
         out.append([[int(t) for t in x] for x in r["rollouts"]])
     return out
