@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import FileFormatError, InputError, NonFiniteError
 from ..generate import Decision, LoopState, PromptState, check_truncation, truncate_probs
-from ..inputs import check_number
+from ..inputs import check_integer, check_number
 from .heads import (
     LATENT_HEAD_FILE,
     PROJECTION_FILE,
@@ -137,13 +137,9 @@ def _check_marker(marker: Any, what: str) -> None:
 
 
 def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
-    """`value` as an int >= minimum; bools, NaN, strings and non-integral floats (1.5) are
-    refused, never truncated (2.0 is 2)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not _is_int(value) or value < minimum:
-        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """`value` as an int >= minimum: `inputs.check_integer` (bools, NaN, strings and
+    non-integral floats such as 1.5 are refused, never truncated; 2.0 is 2)."""
+    return check_integer(value, what, low=minimum)
 
 
 def _check_tensors(tensors: Any, what: str) -> dict:
