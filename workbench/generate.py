@@ -555,6 +555,12 @@ def _first_nonfinite_parameter(hf: Any) -> str | None:
     return None
 
 
+COLLAPSED = (
+    "every token got the same logit, the sign of a residual stream too large for the model's norms "
+    "(its squared norm overflows to inf, so the normalised state is 0)"
+)
+
+
 def logits_usable(logits: Tensor) -> Tensor:
     """0-d bool tensor: every row of logits [batch, vocab] is finite and not constant. One
     fused reduction (aminmax); the caller decides when to read it. A constant row is what a
@@ -603,10 +609,7 @@ def _policy_note(policy: Any) -> str:
 
 
 def _collapsed(bench: Any, step: int, edits: Sequence[Any], prefix: Any, policy: Any, what: str) -> NonFiniteError:
-    msg = (
-        f"{what} collapsed at step {step}: every token got the same logit, the sign of a residual stream too large "
-        "for the model's norms (its squared norm overflows to inf, so the normalised state is 0)"
-    )
+    msg = f"{what} collapsed at step {step}: {COLLAPSED}"
     causes = _causes(edits, prefix)
     msg += f" with {causes} (lower the steering scale / prefix scale)" if causes else " with no edits in force"
     return NonFiniteError(msg + _policy_note(policy))

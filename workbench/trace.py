@@ -139,7 +139,7 @@ def _check_remote(remote: Any) -> Any:
 def check_finite_capture(data: dict[int, Tensor], logits: Tensor | None, edits: Sequence[Any]) -> None:
     """NonFiniteError when a captured activation or the logits hold NaN/inf, naming the
     first such layer and the edits in force."""
-    from .generate import logits_usable
+    from .generate import COLLAPSED, logits_usable
 
     for l in sorted(data):
         if not bool(torch.isfinite(data[l]).all()):
@@ -150,10 +150,7 @@ def check_finite_capture(data: dict[int, Tensor], logits: Tensor | None, edits: 
         return
     if l is None and bool(torch.isfinite(logits).all()):
         ctx = f" with edits in force: {describe_edits(edits)} (lower the scale)" if edits else " with no edits in force"
-        raise NonFiniteError(
-            "the logits collapsed: every token got the same logit, the sign of a residual stream too large for the "
-            f"model's norms (its squared norm overflows to inf, so the normalised state is 0){ctx}"
-        )
+        raise NonFiniteError(f"the logits collapsed: {COLLAPSED}{ctx}")
     where = f"activations at layer {l}" if l is not None else "the logits"
     ctx = f"with edits in force: {describe_edits(edits)} (lower the scale or check the vectors)" if edits else (
         "with no edits in force: the model's weights or inputs are not finite, or its activations overflow"
