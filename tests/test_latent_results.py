@@ -110,3 +110,36 @@ def test_pipeline_end_to_end_on_the_graph_task(tmp_path):
     direct = sum(rows["no-CoT"]["accuracy"][s]["mean"] for s in rep["sets"])
     assert cot > direct, (rows["CoT"]["accuracy"], rows["no-CoT"]["accuracy"])
     assert (tmp_path / "r" / "graph" / "results.md").read_text().startswith("| method | seeds |")
+
+
+def test_kept_cells_span_machines_and_conditions_are_not_mixed(micro_dir, tmp_path, monkeypatch):
+    """The cells in `out_dir` are enough to rebuild the table: with the trained runs (in
+    `runs_dir`) deleted, nothing is trained or scored again; a recipe setting changed is a
+    different condition, so its cells are trained and scored anew, never mixed in."""
+    import shutil
+
+    from workbench.latent import eval as E
+    from workbench.train import latent_recipes as LR
+
+    trained, scored = [], []
+    real_eval, real_run = E.evaluate, LR.RUNNERS["pause"]
+    monkeypatch.setattr(E, "evaluate", lambda *a, **kw: (scored.append(1), real_eval(*a, **kw))[1])
+    monkeypatch.setitem(LR.RUNNERS, "pause", (real_run[0], lambda *a, **kw: (trained.append(1), real_run[1](*a, **kw))[1]))
+    kw = dict(seeds=(0,), n=2, model=str(micro_dir), recipes=("pause",), training_free=False, progress=False, batch_size=4,
+              runs_dir=tmp_path / "runs")  # fmt: skip
+    rep = R.results(tmp_path / "cells", overrides={"pause": TINY}, **kw)
+    assert len(trained) == 1 and (tmp_path / "runs" / "arith" / "pause" / "seed0" / "final").is_dir()
+    assert not (tmp_path / "cells" / "arith" / "pause").exists()  # runs live apart from the cells
+    row = rep["rows"][-1]
+    assert row["overrides"] == {**TINY} and "n_train=8" in (tmp_path / "cells" / "arith" / "results.md").read_text()
+    shutil.rmtree(tmp_path / "runs")
+    n_scored = len(scored)
+    again = R.results(tmp_path / "cells", overrides={"pause": TINY}, **kw)
+    assert len(trained) == 1 and len(scored) == n_scored and again["rows"] == rep["rows"]
+    assert not (tmp_path / "runs").exists()
+    R.results(tmp_path / "cells", overrides={"pause": {**TINY, "steps": 3}}, **kw)
+    assert len(trained) == 2 and len(scored) == n_scored + len(rep["sets"])
+    with pytest.raises(ValueError, match=r"overrides\['pause'\] names unknown or fixed field\(s\) \['stepz'\]"):
+        R.results(tmp_path / "cells", overrides={"pause": {"stepz": 3}}, **kw)
+    with pytest.raises(ValueError, match=r"unknown recipe 'nope'"):
+        R.results(tmp_path / "cells", overrides={"nope": {}}, **kw)

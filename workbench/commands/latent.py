@@ -123,6 +123,10 @@ def register(sub) -> None:
 
     t.add_argument("--recipes", default=None, help=f"comma-separated subset of {','.join(r for _, r in RECIPE_ROWS)}")
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--runs", default=None, help="folder for the trained recipe runs (default: --out); with the cells in --out kept, "
+                   "a (row, seed) scored before is not trained again")
+    t.add_argument("--set", action="append", default=[], metavar="RECIPE.KEY=VALUE",
+                   help="override a recipe's config field (value as JSON), e.g. coconut.epochs_per_stage=1; repeatable; recorded in the table")
     t.set_defaults(func=_results)
 
     i = lsub.add_parser("inspect", help="validate a head file against a model and list its tensors and config")
@@ -204,6 +208,7 @@ def _eval(args) -> int:
 
 def _results(args) -> int:
     from ..latent.results import results
+    from ..train.config import parse_overrides
 
     from ..errors import InputError
 
@@ -212,8 +217,15 @@ def _results(args) -> int:
         seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
     except ValueError:
         raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    overrides: dict[str, dict] = {}
+    for item in args.set:
+        key, sep, _ = item.partition("=")
+        recipe, dot, field = key.partition(".")
+        if not sep or not dot or not recipe or not field:
+            raise InputError(f"--set takes RECIPE.KEY=VALUE (e.g. coconut.epochs_per_stage=1), got {item!r}")
+        overrides.setdefault(recipe.strip(), {}).update(parse_overrides([f"{field}={item.partition('=')[2]}"]))
     report = results(args.out, task=args.task, seeds=seeds, n=args.n, model=args.model, retrain=args.retrain, recipes=recipes,
-                     batch_size=args.batch_size, training_free=not args.no_soft)  # fmt: skip
+                     batch_size=args.batch_size, training_free=not args.no_soft, runs_dir=args.runs, overrides=overrides or None)  # fmt: skip
     from ..latent.results import markdown
 
     print(markdown(report))

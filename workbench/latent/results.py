@@ -148,6 +148,7 @@ def results(
     out_dir: str | Path = "runs/latent-results",
     *,
     task: str = "arith",
+    runs_dir: str | Path | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     n: int = 100,
     model: str | None = None,
@@ -161,7 +162,10 @@ def results(
     """Train (per seed) and score every row; see the module docstring. `recipes` picks a
     subset of `RECIPE_ROWS`' recipes (None: all), `training_free=False` leaves out the soft
     thinking row (no-CoT and CoT are always scored: g needs them), `overrides` maps a recipe
-    to config fields (its `seed` is always the row's seed)."""
+    to config fields (its `seed` is always the row's seed). `runs_dir` (default `out_dir`)
+    holds the trained recipe folders, `out_dir` the cells and the table: with the cells kept
+    (e.g. committed) and the runs gone, a (row, seed) whose cells all exist under the same
+    conditions is not trained again, so a table spans machines and sessions."""
     from .. import load
     from ..inputs import check_integer
     from ..paths import atomic_write_text
@@ -186,9 +190,27 @@ def results(
     n = check_integer(n, "n (problems per set)", low=1)
     batch_size = check_integer(batch_size, "batch_size", low=1)
     check_writable_target(out_dir, "out_dir")
+    if runs_dir is not None:
+        check_writable_target(runs_dir, "runs_dir")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise InputError(f"overrides must map recipe names to config fields, got {overrides!r}")
+    for r, ov in (overrides or {}).items():
+        if r not in known:
+            raise InputError(f"overrides name an unknown recipe {r!r}; valid: {', '.join(known)}")
+        if not isinstance(ov, dict):
+            raise InputError(f"overrides[{r!r}] must be a dict of config fields, got {ov!r}")
+        from dataclasses import fields
+
+        from ..train.latent_recipes import RUNNERS
+
+        valid = {f.name for f in fields(RUNNERS[r][0])} - {"model", "out_dir", "seed", "task"}
+        bad = sorted(set(ov) - valid)
+        if bad:
+            raise InputError(f"overrides[{r!r}] names unknown or fixed field(s) {bad}; valid: {', '.join(sorted(valid))}")
     model = model or DEFAULT_MODELS[task]
     sets = eval_sets(task)
     out = Path(out_dir) / task
+    runs = Path(runs_dir) / task if runs_dir is not None else out
     out.mkdir(parents=True, exist_ok=True)
     problems = {name: fn(n) for name, fn in sets.items()}
     benches: dict[str, Any] = {}
@@ -198,55 +220,87 @@ def results(
             benches[m] = load(m, device="cpu")
         return benches[m]
 
-    def cell(label: str, seed: int | None, set_name: str, make) -> dict:
-        """One scored cell, read back when a previous run wrote it."""
-        path = out / "cells" / _slug(label) / ("seed-free" if seed is None else f"seed{seed}") / f"{_slug(set_name)}.json"
-        if path.is_file() and not retrain:
-            return json.loads(path.read_text())
+    def cell_path(label: str, seed: int | None, set_name: str) -> Path:
+        return out / "cells" / _slug(label) / ("seed-free" if seed is None else f"seed{seed}") / f"{_slug(set_name)}.json"
+
+    def conditions(recipe: str | None, ov: dict | None) -> dict:
+        """What a cell's number depends on besides its row, seed and set: a stored cell under
+        other conditions is scored again, never mixed into the table."""
+        from ..train.micro import CACHE_KEYS, MODEL_NAMES
+
+        build = {MODEL_NAMES[t]: CACHE_KEYS[t] for t in MODEL_NAMES}.get(model)  # the micro model's build version
+        return {"model": model, **({"model_build": build} if build else {}), "n": n, "recipe": recipe, "overrides": ov}
+
+    def stored(label: str, seed: int | None, set_name: str, cond: dict) -> dict | None:
+        path = cell_path(label, seed, set_name)
+        if retrain or not path.is_file():
+            return None
+        try:
+            c = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # unreadable: score it again (the write is atomic, so this is foreign damage)
+        return c if isinstance(c, dict) and c.get("conditions", cond) == cond else None
+
+    def cell(label: str, seed: int | None, set_name: str, make, cond: dict, train_seconds: float | None) -> dict:
+        """One scored cell, read back when a previous run wrote it under the same conditions."""
+        have = stored(label, seed, set_name, cond)
+        if have is not None:
+            return have
         bench, method = make()
         _, summary = evaluate(bench, {label: method}, problems[set_name], batch_size=batch_size, progress=progress)
         s = asdict(summary[0])
         s["thinking_positions"] = s["latent_positions"] + s["think_steps"]
+        s["conditions"] = cond
+        s["train_seconds"] = train_seconds
+        path = cell_path(label, seed, set_name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(s, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(s, indent=1, default=str) + "\n")
         return s
 
-    # (label, recipe or None, [(seed, make, train_seconds)])
+    # (label, recipe or None, [(seed, make, train_seconds, conditions)])
     plan: list[tuple[str, str | None, list]] = []
     for label, method in TRAINING_FREE:
         if method == "soft" and not training_free:
             continue
         spec = SoftThinking(max_steps=64) if method == "soft" else method
-        plan.append((label, None, [(None, lambda spec=spec: (bench_for(model), spec), None)]))
+        plan.append((label, None, [(None, lambda spec=spec: (bench_for(model), spec), None, conditions(None, None))]))
     for label, recipe in RECIPE_ROWS:
         if recipes is not None and recipe not in recipes:
             continue
-        runs = []
+        entries = []
         for seed in seeds:
             ov = {**((overrides or {}).get(recipe) or {}), "seed": seed}
             if task != "arith":
                 ov.setdefault("task", task)
-            final, info = ensure_recipe(recipe, out / recipe / f"seed{seed}", model, retrain, ov)
+            cond = conditions(recipe, ov)
+            have = [stored(label, seed, name, cond) for name in sets]
+            if all(c is not None for c in have):  # scored before (maybe on another machine): no training
+                entries.append((seed, None, have[0].get("train_seconds"), cond))
+                continue
+            final, info = ensure_recipe(recipe, runs / recipe / f"seed{seed}", model, retrain, ov)
 
             def make(final=final):
                 spec, m = row_method(final)
                 return bench_for(m or model), spec
 
-            runs.append((seed, make, info.get("train_seconds")))
-        plan.append((label, recipe, runs))
+            entries.append((seed, make, info.get("train_seconds"), cond))
+            if progress:
+                print(f"[results] {task} {recipe} seed {seed}: trained ({info.get('train_seconds')} s)", flush=True)
+        plan.append((label, recipe, entries))
 
     table: list[dict[str, Any]] = []
-    for label, recipe, runs in plan:
-        per_set = {name: [cell(label, seed, name, make) for seed, make, _ in runs] for name in sets}
-        train_s = [t for _, _, t in runs if t is not None]
+    for label, recipe, entries in plan:
+        per_set = {name: [cell(label, seed, name, make, cond, t) for seed, make, t, cond in entries] for name in sets}
+        train_s = [t for _, _, t, _ in entries if t is not None]
         table.append({
-            "task": task, "method": label, "recipe": recipe, "n_seeds": len(runs),
-            "seeds": [seed for seed, _, _ in runs if seed is not None],
+            "task": task, "method": label, "recipe": recipe, "n_seeds": len(entries),
+            "seeds": [seed for seed, _, _, _ in entries if seed is not None],
             "accuracy": {k: cell_stats([c["accuracy"] for c in v], n, binary=True) for k, v in per_set.items()},
             "thinking_positions": {k: cell_stats([c["thinking_positions"] for c in v]) for k, v in per_set.items()},
             "visible_tokens": {k: cell_stats([c["visible_tokens"] for c in v]) for k, v in per_set.items()},
             "self_exit_rate": {k: cell_stats([c["self_exit_rate"] for c in v]) for k, v in per_set.items()},
             "train_seconds": (sum(train_s) / len(train_s)) if train_s else None,
+            "overrides": ({k: v for k, v in entries[0][3]["overrides"].items() if k != "seed"} if recipe else None),
         })  # fmt: skip
     base = {r["method"]: r for r in table}
     for r in table:
@@ -299,6 +353,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"g = (acc - noCoT) / (CoT - noCoT) per set; a row with mean g below {report['not_learned_below_g']} is not reported as a "
         f"method result. Thinking positions and visible tokens are means per set ({' / '.join(sets)})."
     )
+    changed = [f"{r['recipe']}: " + ", ".join(f"{k}={v}" for k, v in sorted(r["overrides"].items())) for r in report["rows"] if r.get("overrides")]
+    if changed:
+        lines.append("")
+        lines.append("Recipe settings changed from their defaults: " + "; ".join(changed) + ".")
     return "\n".join(lines)
 
 
