@@ -143,3 +143,30 @@ def test_kept_cells_span_machines_and_conditions_are_not_mixed(micro_dir, tmp_pa
         R.results(tmp_path / "cells", overrides={"pause": {"stepz": 3}}, **kw)
     with pytest.raises(ValueError, match=r"unknown recipe 'nope'"):
         R.results(tmp_path / "cells", overrides={"nope": {}}, **kw)
+
+
+def test_coconut_rows_carry_the_per_stage_curve(micro_dir, tmp_path, monkeypatch):
+    """COCONUT scores each stage's model after the stage (k x c latents, the rest explicit):
+    the row carries every seed's stages with their accuracy, the markdown a per-stage table,
+    and a resumed run reads a stage's eval back instead of scoring it again."""
+    from workbench.train import latent_recipes as LR
+
+    ov = {"n_train": 8, "steps": 2, "batch_size": 4, "max_stage": 2, "thoughts_per_step": 1, "stage_eval_n": 2, "progress": False}
+    rep = R.results(tmp_path / "r", seeds=(0,), n=2, model=str(micro_dir), recipes=("coconut",), overrides={"coconut": ov},
+                    training_free=False, progress=False, batch_size=4)  # fmt: skip
+    row = rep["rows"][-1]
+    (stages,) = row["stages"].values()
+    assert [(st["stage"], st["latents"]) for st in stages] == [(1, 1), (2, 2)]
+    for st in stages:
+        assert set(st["eval"]) == set(rep["sets"]) and all(0.0 <= v <= 1.0 for v in st["eval"].values())
+    md = (tmp_path / "r" / "arith" / "results.md").read_text()
+    assert "COCONUT per stage" in md and "| 2 | 2 |" in md
+    saved = json.loads((tmp_path / "r" / "arith" / "coconut" / "seed0" / "stage1" / "stage_eval.json").read_text())
+    assert saved["accuracy"] == stages[0]["eval"] and saved["n"] == 2
+    # a stage whose eval is on disk is not scored again
+    monkeypatch.setattr(LR, "quick_eval", lambda *a, **kw: pytest.fail("stage eval scored again"))
+    cfg = LR.CoconutConfig(model=str(micro_dir), out_dir=str(tmp_path / "r" / "arith" / "coconut" / "seed0"), eval_n=0, **ov)
+    s = LR.setup(cfg)
+    assert LR.coconut_stage_eval(s, s.bench.hf, cfg, 1, tmp_path / "r" / "arith" / "coconut" / "seed0" / "stage1") == stages[0]["eval"]
+    with pytest.raises(ValueError, match="stage_eval_n must be >= 0"):
+        LR.CoconutConfig(model=str(micro_dir), stage_eval_n=-1)

@@ -241,7 +241,7 @@ def results(
             return None  # unreadable: score it again (the write is atomic, so this is foreign damage)
         return c if isinstance(c, dict) and c.get("conditions", cond) == cond else None
 
-    def cell(label: str, seed: int | None, set_name: str, make, cond: dict, train_seconds: float | None) -> dict:
+    def cell(label: str, seed: int | None, set_name: str, make, cond: dict, train: dict) -> dict:
         """One scored cell, read back when a previous run wrote it under the same conditions."""
         have = stored(label, seed, set_name, cond)
         if have is not None:
@@ -251,7 +251,7 @@ def results(
         s = asdict(summary[0])
         s["thinking_positions"] = s["latent_positions"] + s["think_steps"]
         s["conditions"] = cond
-        s["train_seconds"] = train_seconds
+        s.update(train)  # train_seconds, and a staged recipe's per-stage record (COCONUT's curve)
         path = cell_path(label, seed, set_name)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(s, indent=1, default=str) + "\n")
@@ -263,7 +263,7 @@ def results(
         if method == "soft" and not training_free:
             continue
         spec = SoftThinking(max_steps=64) if method == "soft" else method
-        plan.append((label, None, [(None, lambda spec=spec: (bench_for(model), spec), None, conditions(None, None))]))
+        plan.append((label, None, [(None, lambda spec=spec: (bench_for(model), spec), {}, conditions(None, None))]))
     for label, recipe in RECIPE_ROWS:
         if recipes is not None and recipe not in recipes:
             continue
@@ -275,7 +275,7 @@ def results(
             cond = conditions(recipe, ov)
             have = [stored(label, seed, name, cond) for name in sets]
             if all(c is not None for c in have):  # scored before (maybe on another machine): no training
-                entries.append((seed, None, have[0].get("train_seconds"), cond))
+                entries.append((seed, None, {k: have[0].get(k) for k in ("train_seconds", "train_stages")}, cond))
                 continue
             final, info = ensure_recipe(recipe, runs / recipe / f"seed{seed}", model, retrain, ov)
 
@@ -283,7 +283,7 @@ def results(
                 spec, m = row_method(final)
                 return bench_for(m or model), spec
 
-            entries.append((seed, make, info.get("train_seconds"), cond))
+            entries.append((seed, make, {"train_seconds": info.get("train_seconds"), "train_stages": info.get("stages")}, cond))
             if progress:
                 print(f"[results] {task} {recipe} seed {seed}: trained ({info.get('train_seconds')} s)", flush=True)
         plan.append((label, recipe, entries))
@@ -291,7 +291,8 @@ def results(
     table: list[dict[str, Any]] = []
     for label, recipe, entries in plan:
         per_set = {name: [cell(label, seed, name, make, cond, t) for seed, make, t, cond in entries] for name in sets}
-        train_s = [t for _, _, t, _ in entries if t is not None]
+        train_s = [t["train_seconds"] for _, _, t, _ in entries if t.get("train_seconds") is not None]
+        stages = {seed: t["train_stages"] for seed, _, t, _ in entries if t.get("train_stages")}
         table.append({
             "task": task, "method": label, "recipe": recipe, "n_seeds": len(entries),
             "seeds": [seed for seed, _, _, _ in entries if seed is not None],
@@ -300,6 +301,7 @@ def results(
             "visible_tokens": {k: cell_stats([c["visible_tokens"] for c in v]) for k, v in per_set.items()},
             "self_exit_rate": {k: cell_stats([c["self_exit_rate"] for c in v]) for k, v in per_set.items()},
             "train_seconds": (sum(train_s) / len(train_s)) if train_s else None,
+            **({"stages": stages} if stages else {}),
             "overrides": ({k: v for k, v in entries[0][3]["overrides"].items() if k != "seed"} if recipe else None),
         })  # fmt: skip
     base = {r["method"]: r for r in table}
@@ -333,6 +335,26 @@ def _fmt_ci(c: dict, fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(c['mean'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def stage_markdown(row: dict[str, Any], sets: list[str]) -> str:
+    """A staged recipe's curve (COCONUT): per stage, latents, final training loss and
+    held-out accuracy after the stage (mean over seeds; the stage's own small eval)."""
+    import statistics
+
+    per_seed = list(row["stages"].values())
+    lines = [f"{row['method']} per stage (mean over {len(per_seed)} seed(s); accuracy after each stage on its own small eval):", "",
+             "| stage | latents | final loss | " + " | ".join(f"acc {s}" for s in sets) + " |", "|---:|---:|---:|" + "---:|" * len(sets)]
+    for i, st in enumerate(per_seed[0]):
+        same = [p[i] for p in per_seed if len(p) > i]
+        loss = [x["final_loss"] for x in same if isinstance(x.get("final_loss"), (int, float))]
+        accs = []
+        for s in sets:
+            v = [x["eval"][s] for x in same if isinstance(x.get("eval"), dict) and s in x["eval"]]
+            accs.append(f"{statistics.fmean(v):.2f}" if v else "–")
+        lines.append(f"| {st['stage']} | {st['latents']} | {statistics.fmean(loss):.3f} | " + " | ".join(accs) + " |" if loss else
+                     f"| {st['stage']} | {st['latents']} | – | " + " | ".join(accs) + " |")
+    return "\n".join(lines)
+
+
 def markdown(report: dict[str, Any]) -> str:
     sets = report["sets"]
     head = "| method | seeds | " + " | ".join(f"acc {s}" for s in sets) + " | g | thinking positions | visible tokens | train time |"
@@ -353,6 +375,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"g = (acc - noCoT) / (CoT - noCoT) per set; a row with mean g below {report['not_learned_below_g']} is not reported as a "
         f"method result. Thinking positions and visible tokens are means per set ({' / '.join(sets)})."
     )
+    for r in report["rows"]:
+        if r.get("stages"):
+            lines += ["", stage_markdown(r, sets)]
     changed = [f"{r['recipe']}: " + ", ".join(f"{k}={v}" for k, v in sorted(r["overrides"].items())) for r in report["rows"] if r.get("overrides")]
     if changed:
         lines.append("")

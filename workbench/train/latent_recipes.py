@@ -107,9 +107,12 @@ class CoconutConfig(LatentRecipeConfig):
     stage0: bool = False
     steps: int = 0
     epochs_per_stage: float = 3.0
+    stage_eval_n: int = 32  # held-out problems per eval set scored after every stage (the per-stage curve; 0: none)
 
     def validate(self) -> None:
         super().validate()
+        if self.stage_eval_n < 0:
+            raise InputError(f"stage_eval_n must be >= 0 (0: no per-stage evaluation), got {self.stage_eval_n}")
         if self.thoughts_per_step < 0:
             raise InputError(f"thoughts_per_step must be >= 1 (0: the paper's value for the task), got {self.thoughts_per_step}")
         if self.max_stage < 0:
@@ -499,6 +502,29 @@ def coconut_stage_seed(seed: int, stage: int) -> int:
     return int(seed) + 7919 * int(stage)
 
 
+def coconut_stage_eval(s: Setup, hf: nn.Module, cfg: CoconutConfig, k: int, folder: Path) -> dict[str, float]:
+    """Held-out accuracy after stage `k` as that stage's model runs: k x c latents, then
+    (before the last stage) the remaining steps as explicit thinking up to the model's own
+    `</think>`, or (last stage) `</think>` fed after the latents; stage 0 is explicit CoT.
+    Kept in `<stage folder>/stage_eval.json`, so a resumed run reads it back."""
+    from ..latent.policies import Coconut
+
+    path = folder / "stage_eval.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("n") == cfg.stage_eval_n:
+            return saved["accuracy"]
+    n_lat = k * cfg.c
+    spec = "cot" if n_lat == 0 else Coconut(steps=n_lat, end=s.end if k == cfg.stages else None)
+    kept, s.bench.hf = s.bench.hf, hf.eval()
+    try:
+        acc = quick_eval(s.bench, spec, cfg.stage_eval_n, cfg.task)
+    finally:
+        s.bench.hf = kept
+    atomic_write_text(path, json.dumps({"stage": k, "latents": n_lat, "n": cfg.stage_eval_n, "accuracy": acc}) + "\n")
+    return acc
+
+
 def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
     from ..latent.policies import Coconut
 
@@ -527,6 +553,8 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
         results["stages"].append({"stage": k, "latents": n_lat, "steps": res.step, "final_loss": res.final_loss})
         if res.status != "done":
             return {"status": res.status, **results}
+        if cfg.stage_eval_n:
+            results["stages"][-1]["eval"] = coconut_stage_eval(s, hf, cfg, k, Path(scfg.out_dir))
     s.bench.hf = hf
     hf.eval()
     steps = cfg.stages * c
