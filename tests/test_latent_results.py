@@ -69,6 +69,9 @@ def test_results_table_seeds_g_labels_and_resume(micro_dir, tmp_path, monkeypatc
             assert r["status"] == ("learned" if learned else "not learned at this budget")
     md = (tmp_path / "r" / "arith" / "results.md").read_text()
     assert "| method | seeds |" in md and "95% interval" in md
+    gaps = [base["CoT"]["accuracy"][s]["mean"] - base["no-CoT"]["accuracy"][s]["mean"] for s in sets]
+    assert rep["base_model_learned"] is (min(gaps) >= R.BASE_MIN_GAP)
+    assert ("Base model not trained for the task" in md) is (not rep["base_model_learned"])
     saved = json.loads((tmp_path / "r" / "arith" / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rep["rows"], default=str))
     # run again: every cell and every recipe is read back, nothing is scored or trained
@@ -170,3 +173,15 @@ def test_coconut_rows_carry_the_per_stage_curve(micro_dir, tmp_path, monkeypatch
     assert LR.coconut_stage_eval(s, s.bench.hf, cfg, 1, tmp_path / "r" / "arith" / "coconut" / "seed0" / "stage1") == stages[0]["eval"]
     with pytest.raises(ValueError, match="stage_eval_n must be >= 0"):
         LR.CoconutConfig(model=str(micro_dir), stage_eval_n=-1)
+
+
+def test_base_model_check_reads_the_easiest_set():
+    from workbench.train.micro import COT_LEARNED_ACC, cot_learned
+
+    assert cot_learned({"2 steps": {"cot": 0.98, "direct": 0.17}, "3 steps": {"cot": 0.1, "direct": 0.1}})
+    assert not cot_learned({"2 steps": {"cot": 0.16, "direct": 0.16}})  # the failure this guards against
+    assert not cot_learned({"3 hops": {"cot": 0.7, "direct": 0.6}})  # above chance but no lead over answering directly
+    assert not cot_learned({"3 hops": {"cot": COT_LEARNED_ACC - 0.01, "direct": 0.0}}) and not cot_learned({})
+    md = R.markdown({"task": "arith", "model": "m", "n_per_set": 1, "seeds": [0], "sets": ["a"], "not_learned_below_g": 0.3,
+                     "base_model_learned": False, "base_min_gap": 0.2, "rows": []})  # fmt: skip
+    assert md.startswith("**Base model not trained for the task:**")

@@ -48,6 +48,9 @@ def row_method(final: str | Path) -> tuple[Any, str]:
 
 
 NOT_LEARNED_G = 0.3
+# CoT must beat no-CoT by this much on every set for the table to measure anything: with a
+# smaller gap g is noise over a base model that has not learned its task
+BASE_MIN_GAP = 0.2
 TRAINING_FREE = (("no-CoT", "no_think"), ("CoT", "cot"), ("soft thinking", "soft"))
 
 
@@ -313,8 +316,14 @@ def results(
             r["status"] = "baseline"
         else:
             r["status"] = "not learned at this budget" if r["g"]["mean"] is None or r["g"]["mean"] < NOT_LEARNED_G else "learned"
+    # the table means something only if the base model learned its task with CoT
+    gaps = [base["CoT"]["accuracy"][k]["mean"] - base["no-CoT"]["accuracy"][k]["mean"] for k in sets]
+    base_ok = bool(gaps) and min(gaps) >= BASE_MIN_GAP
+    if not base_ok and progress:
+        print(f"[results] warning: CoT beats no-CoT by {', '.join(f'{g:+.2f}' for g in gaps)} on {', '.join(sets)} (needs >= {BASE_MIN_GAP} "
+              f"on every set): the base model {model!r} has not learned the task; no latent row can be read as a method result", flush=True)
     report = {
-        "task": task, "model": model, "n_per_set": n, "seeds": list(seeds), "sets": list(sets), "not_learned_below_g": NOT_LEARNED_G,
+        "task": task, "model": model, "base_model_learned": base_ok, "base_min_gap": BASE_MIN_GAP, "n_per_set": n, "seeds": list(seeds), "sets": list(sets), "not_learned_below_g": NOT_LEARNED_G,
         "rows": table,
     }  # fmt: skip
     atomic_write_text(out / "results.json", json.dumps(report, indent=1, default=str) + "\n")
@@ -360,6 +369,9 @@ def markdown(report: dict[str, Any]) -> str:
     head = "| method | seeds | " + " | ".join(f"acc {s}" for s in sets) + " | g | thinking positions | visible tokens | train time |"
     sep = "|---|---:|" + "---:|" * (len(sets) + 4)
     lines = [head, sep]
+    if report.get("base_model_learned") is False:
+        lines = [f"**Base model not trained for the task:** CoT does not beat no-CoT by {report.get('base_min_gap')} on every set, "
+                 "so no latent row below is a method result.", "", head, sep]
     for r in report["rows"]:
         accs = " | ".join(_fmt_ci(r["accuracy"][s]) for s in sets)
         gs = " / ".join("–" if r["g"][s] is None else f"{r['g'][s]:.2f}" for s in sets)

@@ -276,7 +276,34 @@ def train_micro(cfg: MicroConfig, *, resume: bool = False, on_step=None, cancel=
             "direct": greedy_accuracy(full, tok, es, direct=True, max_new_tokens=12),
         }
     info["metrics_path"] = str(res.metrics_path)
+    info["cot_learned"] = cot_learned(info["eval"])
+    if not info["cot_learned"]:
+        print(
+            f"[workbench] warning: the {cfg.task} micro model did not learn its task with CoT ({_eval_line(info['eval'])}); "
+            "latent methods cannot be measured against it: train it longer or at another lr (workbench train micro --set ...)",
+            file=sys.stderr,
+        )
     return full, info
+
+
+# CoT accuracy on the easiest held-out set a micro model must reach, and its lead over
+# answering directly, to count as having learned its task (chance is about 0.1 on
+# arithmetic, 0.5 on the two-option graph questions)
+COT_LEARNED_ACC = 0.6
+COT_LEARNED_LEAD = 0.2
+
+
+def cot_learned(evals: dict[str, dict[str, float]]) -> bool:
+    """Whether a micro model's held-out eval ({set: {"cot", "direct"}}) shows the task learned
+    with CoT: on the easiest set, CoT >= COT_LEARNED_ACC and >= direct + COT_LEARNED_LEAD."""
+    if not evals:
+        return False
+    first = next(iter(evals.values()))
+    return first["cot"] >= COT_LEARNED_ACC and first["cot"] >= first["direct"] + COT_LEARNED_LEAD
+
+
+def _eval_line(evals: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{k}: CoT {v['cot']:.2f} / direct {v['direct']:.2f}" for k, v in evals.items())
 
 
 def save_micro(full, info: dict[str, Any], folder: Path) -> None:
