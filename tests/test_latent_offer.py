@@ -30,7 +30,7 @@ def test_recipe_folders_newest_first_latent_only(tmp_path, monkeypatch):
     assert o.recipe_folders == [new, old] and o.micro_models == [] and str(new) in o.message
     empty = offer([tmp_path / "runs" / "upft"])
     assert empty.recipe_folders == [] and "workbench train micro" in empty.message and "minutes" in empty.message
-    (tmp_path / "cache" / "qwen3.5-micro-v1").mkdir(parents=True)
+    (tmp_path / "cache" / "qwen3.5-micro-v2").mkdir(parents=True)
     assert offer([]).micro_models == ["qwen3.5-micro"] and "no latent recipe has been trained" in offer([]).message
 
 
