@@ -138,25 +138,51 @@ class CoconutConfig(LatentRecipeConfig):
         return max(1, math.ceil(self.epochs_per_stage * self.n_train / (self.batch_size * self.grad_accum)))
 
 
+TEACHERS = ("frozen", "shared")
+
+
 @dataclass
 class ProjectionConfig(LatentRecipeConfig):
     """Projection head (CODI / QThink): `latent_steps` latents `proj(last hidden)`, then
     `</think>` and the answer. Loss: answer cross-entropy + `distill_weight` x the
     smooth-L1 distance (over every layer, each divided by the teacher's std) between the
     student's hidden states at the position that predicts the answer and the teacher's at
-    the same position of the explicit chain (the teacher: the frozen starting model)."""
+    the same position of the explicit chain.
+
+    `teacher`: "frozen" (default) - a frozen copy of the starting model reads the chain, no
+    teacher loss; "shared" - CODI's: the model being trained reads the chain, and its own
+    cross-entropy on the chain and answer (everything after the prompt) is added with
+    weight `teacher_ce_weight` (CODI's `ref_loss_factor`, 1.0). Either way the teacher's
+    hidden states are a target only (detached, as CODI's): the distillation term trains
+    the student path, not the teacher's."""
 
     recipe: str = "projection-head"
     out_dir: str = "runs/projection-head"
     latent_steps: int = 6  # CODI's K = 6 latent thoughts
     head_hidden: int = 0
-    distill_weight: float = 1.0
+    distill_weight: float = 1.0  # CODI's distill_loss_factor: 1 (GPT-2 scripts), 20 (LLaMA-1B scripts)
+    teacher: str = "frozen"
+    teacher_ce_weight: float = 1.0  # teacher="shared" only
     steps: int = 200
 
     def validate(self) -> None:
         super().validate()
         if self.latent_steps < 1:
             raise InputError(f"latent_steps must be >= 1, got {self.latent_steps}")
+        check_float(self.distill_weight, "distill_weight", low=0.0)
+        if self.teacher not in TEACHERS:
+            raise InputError(f"teacher must be 'frozen' (a frozen copy of the starting model) or 'shared' (CODI: the model being trained, with its own loss on the chain), got {self.teacher!r}")
+        check_float(self.teacher_ce_weight, "teacher_ce_weight", low=0.0)
+        if self.teacher == "frozen" and self.teacher_ce_weight != 1.0:
+            raise InputError(f"teacher_ce_weight ({self.teacher_ce_weight}) weighs the shared teacher's own loss; a frozen teacher has none: set teacher='shared' or leave teacher_ce_weight at 1.0")
+        if self.teacher == "shared":
+            if self.recipe != "projection-head":
+                raise InputError(f"teacher='shared' is the projection-head recipe's (CODI's) teacher; {self.recipe!r} has its own teacher: use teacher='frozen'")
+            if not self.train_modules and not self.lora_rank:
+                raise InputError("teacher='shared' trains the model itself on the explicit chain (CODI): set train_modules (non-empty) or lora_rank > 0, or use teacher='frozen' with a frozen base")
+
+
+CURRICULA = ("steps", "none")
 
 
 @dataclass
@@ -167,6 +193,15 @@ class LatentHeadConfig(LatentRecipeConfig):
     `exit_weight` x -log(1 - p(`</think>`)) after every earlier one (so the model's own
     argmax ends thinking at the right time: self-exit). `max_internal_tokens` is the
     budget written to adapter_config.json.
+
+    `curriculum="steps"` (default) gets there in stages, as COCONUT does: the `steps`
+    optimizer steps are split evenly over `curriculum_stages` stages (0: one per reasoning
+    step of the longest training problem; `curriculum_stage`), and at stage k < last a
+    problem with n steps thinks for min(k, n) x `thoughts_per_step` latent steps, then
+    reads its remaining steps as explicit text inside `<think>` before the suffix
+    (`curriculum_rows`); the last stage is the fully latent loss above. With explicit steps
+    left, the exit term covers every latent step (none may end thinking). `"none"`: fully
+    latent from the first step.
 
     `head_init="passthrough"` (default) starts the head as a pass-through of the greedy
     token's embedding (`workbench.latent.heads.passthrough_init_`: training starts from
@@ -185,6 +220,8 @@ class LatentHeadConfig(LatentRecipeConfig):
     head_intermediate: int = 0
     head_init: str = "passthrough"
     pairing: str = "same"
+    curriculum: str = "steps"
+    curriculum_stages: int = 0
     train_modules: list[str] = field(default_factory=list)
     lr: float = 2e-3
     steps: int = 200
@@ -193,6 +230,11 @@ class LatentHeadConfig(LatentRecipeConfig):
         super().validate()
         if self.train_modules or self.lora_rank:
             raise InputError("the latent head trains on a frozen base: train_modules must be [] and lora_rank 0")
+        if self.curriculum not in CURRICULA:
+            raise InputError(f"curriculum must be 'steps' (stage k: the first k reasoning steps latent, the rest explicit) or 'none' (all latent from the start), got {self.curriculum!r}")
+        check_int(self.curriculum_stages, "curriculum_stages (0: one stage per reasoning step of the longest training problem)", low=0)
+        if self.curriculum == "none" and self.curriculum_stages:
+            raise InputError(f"curriculum_stages ({self.curriculum_stages}) is for curriculum='steps'; with curriculum='none' leave it at 0")
         if self.head_init not in ("passthrough", "random"):
             raise InputError(f"head_init must be 'passthrough' or 'random', got {self.head_init!r}")
         if self.pairing not in ("same", "next"):
@@ -584,13 +626,68 @@ def _frozen_copy(hf: nn.Module) -> nn.Module:
     return teacher
 
 
+def chain_ce(vocab: VocabView, hidden: Tensor, ids: Tensor, n_prompt: Sequence[int], length: Sequence[int]) -> tuple[Tensor, int]:
+    """Cross-entropy of every token after the prompt of right-padded rows (`hidden` [B, S,
+    d] from a forward over `ids` [B, S]; row i: `n_prompt[i]` prompt tokens, `length[i]`
+    real ones): the token at t predicted at t - 1, one mean over all of them."""
+    at = torch.arange(ids.shape[1] - 1, device=ids.device)[None]
+    lo = torch.tensor([n - 1 for n in n_prompt], device=ids.device)[:, None]
+    hi = torch.tensor([n - 1 for n in length], device=ids.device)[:, None]
+    sel = (at >= lo) & (at < hi)
+    return vocab.ce(hidden[:, :-1][sel], ids[:, 1:][sel]), int(sel.sum())
+
+
+def projection_loss(
+    vocab: VocabView, model: LatentModel, batch: Sequence[Encoded], answer_at: Sequence[int], K: int, distill_weight: float,
+    teacher: nn.Module | None, teacher_ce_weight: float = 0.0,
+) -> StepLoss:  # fmt: skip
+    """`run_projection`'s loss on one batch: the student (prompt, K latents `head(last
+    hidden)`, then the suffix) with its cross-entropy on the suffix, plus `distill_weight`
+    x the mean over the L layers of smooth-L1(student, teacher) / std(teacher) at the
+    position predicting the answer (`answer_at[i]`: the answer's first token in row i's
+    suffix). The teacher reads the explicit chain (`Encoded.cot`): `teacher` a frozen
+    model, or None for CODI's shared teacher, `model` itself, whose cross-entropy on the
+    chain and answer is added with weight `teacher_ce_weight`. The teacher's hidden
+    states are detached (a target, as in CODI, `src/model.py`: `ref_selected.detach()`)."""
+    want_h = distill_weight > 0
+    shared = teacher is None
+    u = unroll(model.hf, [e.prompt for e in batch], K, lambda j, h, m: model.head(h[:, -1]), [e.suffix for e in batch], hidden_states=want_h)
+    ce, n = after_loss(vocab, u)
+    metrics = {"ce": float(ce.detach())}
+    loss = ce
+    if not want_h and not (shared and teacher_ce_weight > 0):
+        return StepLoss(loss, tokens=n, metrics=metrics)
+    net = model.hf if shared else teacher
+    t_rows = [e.cot()[0] for e in batch]
+    with torch.set_grad_enabled(shared and teacher_ce_weight > 0 and torch.is_grad_enabled()):
+        E_t, m_t, ids_t = _right_pad(net, t_rows)
+        t_out = _base_forward(net, E_t, m_t, hidden_states=want_h)
+    if shared:
+        t_ce, t_n = chain_ce(vocab, t_out.last_hidden_state, ids_t, [len(e.prompt) for e in batch], [len(r) for r in t_rows])
+        metrics["teacher_ce"] = float(t_ce.detach())
+        loss = loss + teacher_ce_weight * t_ce
+        n += t_n
+    if want_h:
+        rows = torch.arange(len(batch))
+        pos_s = torch.tensor([u.P + u.n_positions + a - 1 for a in answer_at])
+        pos_t = torch.tensor([len(e.prompt) + sum(len(x) for x in e.steps) + a - 1 for e, a in zip(batch, answer_at)])
+        dist = []
+        for hs, ht in zip(u.hidden_states[1:], t_out.hidden_states[1:]):
+            a, b = hs[rows, pos_s], ht[rows, pos_t].detach()
+            dist.append(F.smooth_l1_loss(a, b) / (b.std() + 1e-6))
+        distill = torch.stack(dist).mean()
+        loss = loss + distill_weight * distill
+        metrics["distill"] = float(distill.detach())
+    return StepLoss(loss, tokens=n, metrics=metrics)
+
+
 def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = None, on_step=None, cancel=None) -> dict:
     from ..latent.heads import ProjectionModule
     from ..latent.policies import ProjectionHead
 
     s = setup(cfg, bench)
     hf = s.bench.hf
-    teacher = _frozen_copy(hf)
+    teacher = _frozen_copy(hf) if cfg.teacher == "frozen" else None  # None: CODI's, the model itself
     d = s.bench.arch.d_model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -601,27 +698,7 @@ def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = Non
     K = cfg.latent_steps
 
     def loss_fn(model: LatentModel, batch: list[Encoded]) -> StepLoss:
-        want_h = cfg.distill_weight > 0
-        u = unroll(model.hf, [e.prompt for e in batch], K, lambda j, h, m: model.head(h[:, -1]), [e.suffix for e in batch], hidden_states=want_h)
-        ce, n = after_loss(s.vocab, u)
-        metrics = {"ce": float(ce.detach())}
-        loss = ce
-        if want_h:
-            rows = torch.arange(len(batch))
-            pos_s = torch.tensor([u.P + u.n_positions + a_idx[id(e)] - 1 for e in batch])
-            with torch.no_grad():
-                t_rows = [e.cot()[0] for e in batch]
-                E_t, m_t, _ = _right_pad(teacher, t_rows)
-                t_out = _base_forward(teacher, E_t, m_t, hidden_states=True)
-                pos_t = torch.tensor([len(e.prompt) + sum(len(x) for x in e.steps) + a_idx[id(e)] - 1 for e in batch])
-            dist = []
-            for hs, ht in zip(u.hidden_states[1:], t_out.hidden_states[1:]):
-                a, b = hs[rows, pos_s], ht[rows, pos_t]
-                dist.append(F.smooth_l1_loss(a, b) / (b.std() + 1e-6))
-            distill = torch.stack(dist).mean()
-            loss = ce + cfg.distill_weight * distill
-            metrics["distill"] = float(distill.detach())
-        return StepLoss(loss, tokens=n, metrics=metrics)
+        return projection_loss(s.vocab, model, batch, [a_idx[id(e)] for e in batch], K, cfg.distill_weight, teacher, cfg.teacher_ce_weight)
 
     res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
@@ -659,6 +736,49 @@ def _grouped(data: Sequence[Encoded], size: int, seed: int) -> list[list[Encoded
         rng.shuffle(items)
         out.extend(items[i : i + size] for i in range(0, len(items), size))
     return out
+
+
+def curriculum_stage(step: int, steps: int, stages: int) -> int:
+    """The curriculum stage (1..`stages`) of optimizer step `step` (0-based) of a run of
+    `steps`: stage k trains steps floor((k-1) steps / stages) .. floor(k steps / stages) - 1.
+    A pure function of the step (a resumed run is in the stage it left), the split even to
+    one step, the last stage never empty; with fewer steps than stages the skipped stages
+    are early ones."""
+    return min(stages, -(-(step + 1) * stages // steps))
+
+
+def curriculum_rows(e: Encoded, k: int | None) -> tuple[int, list[int]]:
+    """(m, after) of problem `e` at curriculum stage `k`: its first m = min(k, n) reasoning
+    steps become latent and `after` (fed after the latents) is the remaining steps as text,
+    then the suffix (`</think>`, the answer). `k` None: every step latent (m = n, after =
+    the suffix), the last stage and the recipe without a curriculum."""
+    m = len(e.steps) if k is None else min(k, len(e.steps))
+    return m, sum(e.steps[m:], []) + e.suffix
+
+
+def _curriculum_resume(cfg: LatentHeadConfig) -> int:
+    """The step a resume starts at (0 when there is no readable checkpoint: the trainer
+    says why). A checkpoint that predates the curriculum trained with curriculum 'none'
+    (it records none), and the stage boundaries split `steps`, so a curriculum run resumes
+    only with the same `steps`; anything else is refused, never silently re-staged."""
+    from .checkpoint import CKPT_DIR, STATE_JSON
+    from .config import CONFIG_FILE
+
+    ck = Path(cfg.out_dir) / CKPT_DIR
+    try:
+        old = json.loads((ck / CONFIG_FILE).read_text())
+        step = json.loads((ck / STATE_JSON).read_text()).get("step", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    if isinstance(old, dict) and cfg.curriculum != "none":
+        if "curriculum" not in old:
+            raise InputError(f"checkpoint {str(ck)!r} predates the curriculum (it trained fully latent); resume it with curriculum='none', not {cfg.curriculum!r}")
+        if old.get("steps") != cfg.steps:
+            raise InputError(
+                f"checkpoint {str(ck)!r} splits steps={old.get('steps')!r} over its curriculum stages; resuming with steps={cfg.steps} "
+                f"would move the stage boundaries; resume with steps={old.get('steps')!r}"
+            )
+    return step if isinstance(step, int) and not isinstance(step, bool) else 0
 
 
 def latent_head_stepper(
@@ -725,6 +845,7 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
 
     if resume:
         _check_resume_pairing(cfg)
+    start = _curriculum_resume(cfg) if resume else 0
     s = setup(cfg, bench)
     if s.close is None:
         raise InputError(f"the latent head ends thinking by self-exit on {CLOSE!r}, which the tokenizer of {cfg.model!r} lacks; use a thinking model (e.g. qwen3.5-micro)")
@@ -745,25 +866,40 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
     groups = _grouped(s.data, cfg.batch_size, cfg.seed)
     close = s.close
     c, chunk = cfg.thoughts_per_step, cfg.chunk_size
+    stages = (cfg.curriculum_stages or max(len(e.steps) for e in s.data)) if cfg.curriculum == "steps" else 1
+    init_info["curriculum"] = {"kind": cfg.curriculum, "stages": stages, "steps_per_stage": [sum(curriculum_stage(t, cfg.steps, stages) == k for t in range(cfg.steps)) for k in range(1, stages + 1)]}
+    # the trainer hands loss_fn no step: it is counted (grad_accum calls per optimizer step,
+    # from the checkpoint's step on resume), so the stage stays a pure function of the step
+    counted = {"start": start, "calls": 0}
 
     def loss_fn(model: LatentModel, batch: list[list[Encoded]]) -> StepLoss:
+        step = counted["start"] + counted["calls"] // cfg.grad_accum
+        counted["calls"] += 1
+        k = curriculum_stage(step, cfg.steps, stages)
         total, n_tok, exit_terms = 0.0, 0, []
-        for group in batch:
-            n_lat = len(group[0].steps) * c
+        for group in batch:  # one group: one step count n, so one latent count
+            rows = [curriculum_rows(e, None if k == stages else k) for e in group]
+            m = rows[0][0]
+            n_lat, full = m * c, m == len(group[0].steps)
             prompts = [e.prompt for e in group]
             next_latent = latent_head_stepper(model.head, model.hf, prompts, cfg.pairing)
-            u = unroll(model.hf, prompts, n_lat, next_latent, [e.suffix for e in group], chunk=chunk)
-            ce, n = after_loss(s.vocab, u)  # the suffix starts with </think>: the exit at the last step
+            u = unroll(model.hf, prompts, n_lat, next_latent, [a for _, a in rows], chunk=chunk)
+            ce, n = after_loss(s.vocab, u)  # fully latent: the text starts with </think>, the exit at the last step
             loss = ce
-            if n_lat > 1 and cfg.exit_weight > 0:
-                ends = [u.P + (j + 1) * chunk - 1 for j in range(n_lat - 1)]
+            # "not yet" after every latent step not followed by </think>: all but the last of a
+            # fully latent row, all of them when explicit steps follow
+            ends = [u.P + (j + 1) * chunk - 1 for j in range(n_lat - 1 if full else n_lat)]
+            if ends and cfg.exit_weight > 0:
                 lp = s.vocab.logprob(u.hidden[:, ends].reshape(-1, u.hidden.shape[-1]), close)
                 early = -torch.log1p(-lp.exp().clamp(max=1 - 1e-6)).mean()
                 loss = loss + cfg.exit_weight * early
                 exit_terms.append(float(early.detach()))
             total = total + loss / len(batch)
             n_tok += n
-        return StepLoss(total, tokens=n_tok, metrics={"early_exit_loss": sum(exit_terms) / len(exit_terms)} if exit_terms else {})
+        metrics = {"stage": float(k)}
+        if exit_terms:
+            metrics["early_exit_loss"] = sum(exit_terms) / len(exit_terms)
+        return StepLoss(total, tokens=n_tok, metrics=metrics)
 
     res = train(model, groups, loss_fn, cfg.replace(batch_size=1), resume=resume, on_step=on_step, cancel=cancel)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss, **init_info, "pairing": cfg.pairing}
