@@ -23,7 +23,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 # Fields that may differ between a run and its resumption without changing the math of
 # the steps already taken (the run can be extended, logged differently, moved).
-RESUME_MAY_CHANGE = frozenset({"steps", "ckpt_every", "log_every", "eval_every", "out_dir", "progress", "device"})
+RESUME_MAY_CHANGE = frozenset({"steps", "ckpt_every", "log_every", "eval_every", "out_dir", "progress", "device", "probe_n"})
 
 C = TypeVar("C", bound="TrainConfig")
 

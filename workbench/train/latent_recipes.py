@@ -40,6 +40,7 @@ from ..paths import atomic_dir, atomic_write_text
 from ..inputs import pad_left
 from .arith import EVAL_SETS, ArithData, Encoded, VocabView, encode_problems, eval_problems, pad_right
 from .loop import StepLoss, prepare_trainable, train
+from .trajectories import head_tensors, recorder_for
 
 POLICY_FILE = "latent_policy.json"
 CLOSE = "</think>"
@@ -54,7 +55,10 @@ class LatentRecipeConfig(ArithData):
     `ArithData`). The base model's own
     parameters train when `train_modules` (regular expressions) or `lora_rank` say so;
     `train_modules=[]` keeps it frozen. `eval_n` held-out problems per eval set are scored
-    through the latent engine at the end (0: skip)."""
+    through the latent engine at the end (0: skip). `probe_n` fixed held-out problems run
+    through the latent engine at every checkpoint, their latent steps kept in
+    `<out_dir>/trajectories.jsonl` (`train.trajectories`; 0: off; training is the same
+    either way)."""
 
     model: str = ""  # "": the task's micro model (qwen3.5-micro, qwen3.5-micro-graph)
     out_dir: str = "runs/latent"
@@ -68,6 +72,7 @@ class LatentRecipeConfig(ArithData):
     # the decoder blocks and the final norm; the (tied, 248k-row) embedding stays as it is
     train_modules: list[str] = field(default_factory=lambda: [r"\.layers\.", r"^model\.norm\."])
     ckpt_every: int = 100
+    probe_n: int = 3
 
     def __post_init__(self) -> None:
         if self.model == "" and isinstance(getattr(self, "task", None), str):
@@ -80,6 +85,7 @@ class LatentRecipeConfig(ArithData):
         super().validate()
         if self.eval_n < 0:
             raise InputError(f"eval_n must be >= 0, got {self.eval_n}")
+        check_int(self.probe_n, "probe_n (held-out problems whose latent steps are recorded at every checkpoint; 0: off)", low=0, high=64)
         if not self.model:
             raise InputError("model is empty; give a model name or folder (default: the task's micro model)")
 
@@ -588,7 +594,10 @@ def run_coconut(cfg: CoconutConfig, resume: bool = False, bench: Any = None, on_
         # step 0 of the same permutation and train on the same steps x batch problems
         scfg = cfg.replace(out_dir=str(Path(cfg.out_dir) / f"stage{k}"), seed=coconut_stage_seed(cfg.seed, k), steps=cfg.steps_per_stage)
         stage_resume = resume and (Path(scfg.out_dir) / "checkpoint").exists()
-        res = train(model, s.data, loss_fn, scfg, resume=stage_resume, on_step=on_step, cancel=cancel)
+        # the stage's own inference, as coconut_stage_eval runs it (stage 0 has no latents: nothing to record)
+        spec_k = lambda m, k=k, n_lat=n_lat: Coconut(steps=n_lat, end=s.end if k == cfg.stages else None) if n_lat else None  # noqa: E731
+        probe = recorder_for(cfg, s.bench, spec_k, stage=k, offset=(k - first) * cfg.steps_per_stage)
+        res = train(model, s.data, loss_fn, scfg, resume=stage_resume, on_step=on_step, cancel=cancel, on_checkpoint=probe)
         hf = _merged(model.base)
         for p in hf.parameters():
             p.requires_grad_(False)
@@ -700,7 +709,8 @@ def run_projection(cfg: ProjectionConfig, resume: bool = False, bench: Any = Non
     def loss_fn(model: LatentModel, batch: list[Encoded]) -> StepLoss:
         return projection_loss(s.vocab, model, batch, [a_idx[id(e)] for e in batch], K, cfg.distill_weight, teacher, cfg.teacher_ce_weight)
 
-    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel)
+    probe = recorder_for(cfg, s.bench, lambda m: ProjectionHead(head_tensors(m.head), steps=K, end=s.end))
+    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel, on_checkpoint=probe)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
     if res.status != "done":
         return {"status": res.status, **results}
@@ -901,7 +911,8 @@ def run_latent_head(cfg: LatentHeadConfig, resume: bool = False, bench: Any = No
             metrics["early_exit_loss"] = sum(exit_terms) / len(exit_terms)
         return StepLoss(total, tokens=n_tok, metrics=metrics)
 
-    res = train(model, groups, loss_fn, cfg.replace(batch_size=1), resume=resume, on_step=on_step, cancel=cancel)
+    probe = recorder_for(cfg, s.bench, lambda m: LatentHead(head_tensors(m.head), think_close_token_id=close, max_internal_tokens=cfg.max_internal_tokens, chunk_size=chunk, pairing=cfg.pairing))
+    res = train(model, groups, loss_fn, cfg.replace(batch_size=1), resume=resume, on_step=on_step, cancel=cancel, on_checkpoint=probe)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss, **init_info, "pairing": cfg.pairing}
     if res.status != "done":
         return {"status": res.status, **results}
@@ -973,7 +984,8 @@ def run_pause(cfg: PauseConfig, resume: bool = False, bench: Any = None, on_step
         loss, n = after_loss(s.vocab, u, w)
         return StepLoss(loss, tokens=n)
 
-    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel)
+    probe = recorder_for(cfg, s.bench, lambda m: PauseTokens({"pause_embeds": m.pause.detach().float().cpu().clone()}))
+    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel, on_checkpoint=probe)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
     if res.status != "done":
         return {"status": res.status, **results}
@@ -1028,7 +1040,8 @@ def run_pause_answer(cfg: PauseAnswerConfig, resume: bool = False, bench: Any = 
     K = cfg.n_pause
     base = _prepare_base(hf, cfg)
     model = LatentModel(base, pause=_pause_init(hf, 1 if cfg.shared_pause else K, cfg.seed))
-    res = train(model, s.data, lambda m, batch: pause_answer_loss(s.vocab, m, batch, K, s.close), cfg, resume=resume, on_step=on_step, cancel=cancel)
+    probe = recorder_for(cfg, s.bench, lambda m: PauseTokens({"pause_embeds": m.pause.detach().float().cpu().expand(K, -1).contiguous()}, end=s.end))
+    res = train(model, s.data, lambda m, batch: pause_answer_loss(s.vocab, m, batch, K, s.close), cfg, resume=resume, on_step=on_step, cancel=cancel, on_checkpoint=probe)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss}
     if res.status != "done":
         return {"status": res.status, **results}

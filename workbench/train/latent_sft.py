@@ -78,6 +78,7 @@ from .latent_recipes import (
     setup,
 )
 from .loop import StepLoss, train
+from .trajectories import recorder_for
 
 PHASES = ("encoder", "decoder", "union")
 LABELS_FILE = "latent_sft_labels.safetensors"
@@ -499,7 +500,9 @@ def run_latent_sft(cfg: LatentSFTConfig, resume: bool = False, bench: Any = None
         return StepLoss(loss, tokens=ntok, metrics=metrics)
 
     c2 = cfg.replace(out_dir=str(out / "stage2"), seed=phase_seed(cfg.seed, 3))
-    res = train(model, rows, loss2, c2, resume=resume and (Path(c2.out_dir) / "checkpoint").exists(), on_step=on_step, cancel=cancel)
+    # trajectories from stage 2 on: the first model that runs as the LatentSFT policy (stage 1's decoder reads the encoder's latents)
+    probe = recorder_for(cfg, s.bench, lambda m: LatentSFT(max_steps=cfg.max_latent_steps, top_k=K))
+    res = train(model, rows, loss2, c2, resume=resume and (Path(c2.out_dir) / "checkpoint").exists(), on_step=on_step, cancel=cancel, on_checkpoint=probe)
     results["stage2"] = {"steps": res.step, "final_loss": res.final_loss}
     if res.status != "done":
         return {"status": res.status, **results}

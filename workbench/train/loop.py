@@ -16,6 +16,11 @@ way for everyone:
   the recipe's metrics and eval results), a tqdm bar, an `on_step(metrics)` callback (live
   curves in the app) and a `cancel` flag (threading.Event or any callable -> bool) that
   stops after the current step with a checkpoint;
+* an `on_checkpoint` recorder (`CheckpointRecorder`: `begin` once, `record` after every
+  checkpoint, before `on_step` sees that row) that looks at the model as it is at each
+  checkpoint without changing the run: it runs in eval mode, without grad, with the
+  torch, Python and NumPy random states put back afterwards (the latent recipes'
+  trajectories, `train.trajectories`);
 * a NaN / inf loss or gradient stops the run before the optimizer applies it: the last
   good checkpoint stays as it was, and `TrainingDiverged` says which one it is.
 """
@@ -27,7 +32,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +92,17 @@ class TrainResult:
         if self.history:
             return self.history[-1]["loss"]
         return self.logged_loss
+
+
+class CheckpointRecorder(Protocol):
+    """What `train(on_checkpoint=...)` calls: `begin(model, step, steps, resumed)` once
+    before the first step (`step`: where the run starts, the checkpoint's step on resume;
+    `steps`: the run's total), `record(model, step)` after every checkpoint is written.
+    Both are called through `observe`: eval mode, no grad, random states restored."""
+
+    def begin(self, model: nn.Module, step: int, steps: int, resumed: bool) -> None: ...
+
+    def record(self, model: nn.Module, step: int) -> None: ...
 
 
 # --------------------------------------------------------------------------- trainable set
@@ -196,6 +212,7 @@ def train(
     resume: bool = False,
     extra_state: Callable[[], dict[str, Any]] | None = None,
     fast_kernels: bool | None = None,
+    on_checkpoint: CheckpointRecorder | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad on `data` with `loss_fn`.
 
@@ -216,6 +233,9 @@ def train(
         None (default): the config's `fast_kernels` field if it has one, else on;
         WORKBENCH_FAST_KERNELS=0 turns it off everywhere. A checkpoint resumes the same
         with it on or off.
+    on_checkpoint: a `CheckpointRecorder`; `begin` before the first step, `record` after
+        every checkpoint (before `on_step` gets that row), both through `observe` (the
+        steps taken are the same with or without it).
     """
     if len(data) == 0:
         raise InputError("the training corpus is empty; give at least one example")
@@ -282,6 +302,8 @@ def train(
     fast = bool(getattr(cfg, "fast_kernels", True)) if fast_kernels is None else bool(fast_kernels)
     try:
         with open(metrics_path, "a") as log, fast_training(fast):
+            if on_checkpoint is not None:
+                observe(model, lambda: on_checkpoint.begin(model, start, cfg.steps, resume))
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 lr = lr_at(step, cfg)
@@ -316,6 +338,8 @@ def train(
                     save_checkpoint(ckpt, step=step, named_params=named, opt=opt, cfg=cfg, extra=extra_state() if extra_state else None, fingerprint=fingerprint)
                     last_ckpt = ckpt
                     row["checkpoint"] = True
+                    if on_checkpoint is not None:
+                        observe(model, lambda: on_checkpoint.record(model, step))
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
@@ -330,6 +354,8 @@ def train(
                         save_checkpoint(ckpt, step=step, named_params=named, opt=opt, cfg=cfg, extra=extra_state() if extra_state else None, fingerprint=fingerprint)
                         last_ckpt = ckpt
                         row["checkpoint"] = True
+                        if on_checkpoint is not None:
+                            observe(model, lambda: on_checkpoint.record(model, step))
                     if step % cfg.log_every != 0 and step != cfg.steps:
                         log.write(json.dumps(row) + "\n")
                         log.flush()
@@ -360,6 +386,28 @@ def _close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
 
 
+def observe(model: nn.Module, fn: Callable[[], Any]) -> Any:
+    """Run `fn()` (which may run `model`) so that the training run cannot tell: `model` in
+    eval mode and no grad for the duration, then its train/eval mode, the torch RNGs (CPU
+    and every CUDA device), Python's `random` and NumPy's global state as they were, also
+    when `fn` raises."""
+    import random
+
+    import numpy as np
+
+    was = model.training
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            return fn()
+    finally:
+        model.train(was)
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
 def _evaluate(model: nn.Module, eval_fn) -> dict[str, float]:
     model.eval()
     try:
@@ -374,4 +422,4 @@ def _diverged(step: int, what: str, value: float, last: Path | None):
     raise TrainingDiverged(f"training stopped at step {step + 1}: the {what} is {value} (not finite); {where}", step, last)
 
 
-__all__ = ["train", "prepare_trainable", "trainable_parameters", "batch_indices", "StepLoss", "TrainResult", "TrainingDiverged", "METRICS_FILE", "linear_module_names"]
+__all__ = ["train", "observe", "CheckpointRecorder", "prepare_trainable", "trainable_parameters", "batch_indices", "StepLoss", "TrainResult", "TrainingDiverged", "METRICS_FILE", "linear_module_names"]

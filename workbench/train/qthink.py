@@ -64,6 +64,7 @@ from .latent_recipes import (
     unroll,
 )
 from .loop import StepLoss, train
+from .trajectories import head_tensors, recorder_for
 
 ROLLOUTS_FILE = "qthink_rollouts.json"
 _CHUNK = 64
@@ -303,7 +304,8 @@ def run_projection_qthink(cfg: QThinkConfig, resume: bool = False, bench: Any = 
         distill = torch.stack(dist).mean()
         return StepLoss(ce + cfg.distill_weight * distill, tokens=n, metrics={"ce": float(ce.detach()), "distill": float(distill.detach())})
 
-    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel)
+    probe = recorder_for(cfg, s.bench, lambda m: ProjectionHead(head_tensors(m.head), steps=K, end=s.end))
+    res = train(model, s.data, loss_fn, cfg, resume=resume, on_step=on_step, cancel=cancel, on_checkpoint=probe)
     results: dict[str, Any] = {"steps": res.step, "final_loss": res.final_loss, "teacher": {"weighting": cfg.weighting, "positions": cfg.positions, **stats}}
     if res.status != "done":
         return {"status": res.status, **results}
