@@ -17,7 +17,7 @@ TIMEOUT_S = 900  # per cell, on a busy 2-core CPU
 
 def test_there_are_notebooks():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_steering_vectors", "03_prefix_and_sinks", "04_latent_reasoning", "05_baking_vectors"} <= names
+    assert {"01_quickstart", "02_steering_vectors", "03_prefix_and_sinks", "04_latent_reasoning", "05_baking_vectors", "06_latent_trajectories"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -28,7 +28,7 @@ def test_outputs_are_stripped(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs before committing"
 
 
-QUICK = {"01_quickstart"}  # the rest take minutes on a busy 2-core CPU: marked slow
+QUICK = {"01_quickstart", "06_latent_trajectories"}  # the rest take minutes on a busy 2-core CPU: marked slow (06: about a minute)
 
 
 @pytest.mark.parametrize(
