@@ -4,7 +4,9 @@ shared trainer, or an exact fold), or train a latent-reasoning recipe (any of th
 tokens before CoT, Goyal pauses, UPFT); live loss curves from the trainer's `on_step`
 callback, cancel, resume, and the result loaded back for the other tabs (a baked or
 COCONUT model becomes the selected model; a head folder feeds the Latent tab's `trained`
-policy)."""
+policy). Beside a latent recipe's loss curve: its latent trajectories (the probe problems'
+latent steps at every checkpoint, `train.trajectories`), refreshed as checkpoints land,
+and the same for a finished run folder the user names (inside the allowed folders)."""
 
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from workbench.errors import InputError, OutputExistsError
+from workbench.errors import InputError, OutputExistsError, WorkbenchError
 from workbench.train.latent_recipes import RUNNERS as _LATENT_RUNNERS
-from workbench.viz.train import loss_figure
+from workbench.train.trajectories import read_loss_history, read_trajectories
+from workbench.viz.train import loss_figure, trajectories_figure
 
-from ._common import AppContext, handler, output_file, parse_float, parse_int
+from ._common import AppContext, allowed_path, handler, output_file, parse_float, parse_int
 
 MODES = ("distil", "fold")
+PCA_OF = ("latent", "hidden")
 LATENT_RECIPES = tuple(_LATENT_RUNNERS)  # the core's recipe registry: the tab adds none of its own
 
 
@@ -118,12 +122,23 @@ class TrainingTab:
             with self._runs:
                 self._cancel.pop(name, None)
 
+    @staticmethod
+    def _trajectories(folder: Path, shown: Any = None) -> Any:
+        """The trajectories figure of a run folder as it is now; while the run writes, a
+        read that races a rewrite keeps the figure `shown` (None: an empty one)."""
+        try:
+            return trajectories_figure(read_trajectories(folder, missing_ok=True))
+        except (WorkbenchError, OSError, ValueError):
+            return shown if shown is not None else trajectories_figure(None)
+
     @handler
     def latent_train(self, model: str, recipe: str, run_name: str, steps: Any = 20, resume: bool = False,
-                     overwrite: bool = False) -> Iterator[tuple[Any, str, Any]]:
+                     overwrite: bool = False, probe_n: Any = 3) -> Iterator[tuple[Any, Any, str, Any]]:
         """Train a latent-reasoning recipe on a fresh copy of `model` (the shared one is
-        left alone) with live loss curves; a COCONUT result becomes the selected model, a
-        head's folder is what the Latent tab's `trained` policy reads."""
+        left alone) with live loss curves and, beside them, the latent trajectories of
+        `probe_n` probe problems (0: none), refreshed at every checkpoint; yields (loss
+        figure, trajectories figure, status, model key). A COCONUT result becomes the
+        selected model, a head's folder is what the Latent tab's `trained` policy reads."""
         from workbench.train.latent_recipes import RUNNERS
 
         if recipe not in LATENT_RECIPES:
@@ -131,18 +146,26 @@ class TrainingTab:
         if not model:
             raise InputError("no model selected; choose one in the Model tab")
         n = parse_int(steps, "steps", low=1, high=100_000)
+        probes = parse_int(probe_n, "probe problems", low=0, high=16)
         out_dir = self._run_folder(run_name, resume, overwrite)
         cls, run = RUNNERS[recipe]
-        cfg = cls(model=model, out_dir=str(out_dir), steps=n, eval_n=0, ckpt_every=max(1, n // 4), warmup_steps=0, progress=False, device="cpu")
+        cfg = cls(model=model, out_dir=str(out_dir), steps=n, eval_n=0, ckpt_every=max(1, n // 4), warmup_steps=0, progress=False, device="cpu",
+                  probe_n=probes)  # fmt: skip
         history: list[dict] = []
         box: dict[str, Any] = {}
         stages = getattr(cfg, "stages", 1)
+        traj, seen = None, -1
         with self._claim(out_dir, overwrite) as cancel:
-            yield from self._in_worker(out_dir.name, cancel, lambda ev: run(cfg, resume=resume, on_step=history.append, cancel=ev),
-                                       history, n, box)
+            for fig, status, key in self._in_worker(out_dir.name, cancel, lambda ev: run(cfg, resume=resume, on_step=history.append, cancel=ev),
+                                                    history, n, box):  # fmt: skip
+                ckpts = sum(1 for r in history if r.get("checkpoint"))
+                if ckpts != seen:  # a checkpoint's record is written before its row reaches on_step
+                    seen, traj = ckpts, self._trajectories(out_dir, traj)
+                yield fig, traj, status, key
         res = box["result"]
+        traj = self._trajectories(out_dir, traj)
         if res.get("status") != "done":
-            yield loss_figure(history), f"{res.get('status')}; tick 'resume' to continue", gr.update()
+            yield loss_figure(history), traj, f"{res.get('status')}; tick 'resume' to continue", gr.update()
             return
         final = Path(res["final"])
         if (final / "model").is_dir():
@@ -151,11 +174,30 @@ class TrainingTab:
             from workbench.latent import load_policy
 
             if load_policy(str(final))[0] == "cot":  # upft: a fine-tuned model, scored with explicit CoT
-                yield loss_figure(history), f"done; model loaded as `{key}`: generate with explicit thinking (no latent policy)", key
+                yield loss_figure(history), traj, f"done; model loaded as `{key}`: generate with explicit thinking (no latent policy)", key
                 return
-            yield loss_figure(history), f"done ({stages} stage(s)); model loaded as `{key}`; in the Latent tab choose policy `trained` with path `{final}`", key
+            yield loss_figure(history), traj, f"done ({stages} stage(s)); model loaded as `{key}`; in the Latent tab choose policy `trained` with path `{final}`", key
             return
-        yield loss_figure(history), f"done; in the Latent tab choose policy `trained` with path `{final}`", gr.update()
+        yield loss_figure(history), traj, f"done; in the Latent tab choose policy `trained` with path `{final}`", gr.update()
+
+    @handler
+    def show_run(self, folder: str, which: str = "latent") -> tuple[Any, Any, str]:
+        """A finished (or running) latent recipe's folder, inside the folders the app may
+        read: (loss figure from its metrics, trajectories figure, status). A folder
+        without trajectories is refused with a message saying how to record them."""
+        if which not in PCA_OF:
+            raise InputError(f"PCA of must be one of {', '.join(PCA_OF)}, got {which!r}")
+        path = allowed_path(self.ctx, folder, what="run folder", allow_dir=True)
+        if not path.is_dir():
+            raise InputError(f"{folder!r} is a file; give a run folder (the recipe's out_dir, or its final/ folder)")
+        traj = read_trajectories(path)
+        fig = trajectories_figure(traj, which=which)
+        history = read_loss_history(traj.run_dir)
+        last = traj.checkpoints[-1]
+        right = sum(p.correct for p in last.probes)
+        status = (f"{len(traj.checkpoints)} checkpoint(s) of `{traj.run_dir.name}` ({last.method}), the last at {last.label}: "
+                  f"{right}/{len(last.probes)} probe(s) answered right")  # fmt: skip
+        return loss_figure(history), fig, status
 
     @handler
     def bake(
@@ -221,19 +263,30 @@ def build_ui(ctx: AppContext) -> TrainingTab:
                 api_name="bake")
     stop.click(tab.cancel, [run_name], status, api_name="cancel_bake", queue=False)
     gr.Markdown("Latent-reasoning recipes (COCONUT curriculum, projection head, latent head, pause tokens) on the "
-                "arithmetic task, on a fresh copy of the selected model (a thinking model such as `qwen3.5-micro`).")
+                "arithmetic task, on a fresh copy of the selected model (a thinking model such as `qwen3.5-micro`). "
+                "Beside the loss: at every checkpoint, a few fixed held-out probe problems run through the latent "
+                "engine on the model as it is then; per probe, the PCA path of its latent steps (one line per "
+                "checkpoint, dark to light) and the top token each step decodes to (✓ / ✗: the answer then).")
     with gr.Row():
         l_name = gr.Textbox("latent-run", label="run name (folder in the output folder)")
         recipe = gr.Dropdown(list(LATENT_RECIPES), value="coconut", label="recipe")
         l_steps = gr.Number(20, precision=0, label="steps (per stage for COCONUT)", elem_id="latent-train-steps")
         l_resume = gr.Checkbox(False, label="resume")
         l_overwrite = gr.Checkbox(False, label="overwrite (start an existing run folder again)")
+        l_probes = gr.Number(3, precision=0, label="probe problems (0: no trajectories)", elem_id="latent-train-probes")
     with gr.Row():
         l_start = gr.Button("Train", variant="primary")
         l_stop = gr.Button("Cancel")
     l_status = gr.Markdown(elem_id="latent-train-status")
-    l_plot = gr.Plot(label="loss", elem_id="latent-train-loss")
-    l_start.click(tab.latent_train, [ctx.model, recipe, l_name, l_steps, l_resume, l_overwrite], [l_plot, l_status, ctx.model],
+    with gr.Row():
+        l_plot = gr.Plot(label="loss", elem_id="latent-train-loss", scale=2)
+        l_traj = gr.Plot(label="latent trajectories", elem_id="latent-train-trajectories", scale=3)
+    l_start.click(tab.latent_train, [ctx.model, recipe, l_name, l_steps, l_resume, l_overwrite, l_probes], [l_plot, l_traj, l_status, ctx.model],
                   api_name="latent_train")
     l_stop.click(tab.cancel, [l_name], l_status, api_name="cancel_latent_train", queue=False)
+    with gr.Row():
+        r_folder = gr.Textbox("", label="finished run folder (inside the allowed folders; e.g. latent-run)", elem_id="trajectories-folder", scale=4)
+        r_which = gr.Dropdown(list(PCA_OF), value="latent", label="PCA of")
+        r_show = gr.Button("Show trajectories")
+    r_show.click(tab.show_run, [r_folder, r_which], [l_plot, l_traj, l_status], api_name="show_trajectories")
     return tab

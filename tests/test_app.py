@@ -297,19 +297,33 @@ def test_training_tab_latent_recipe_and_trained_policy(app, micro_dir, tmp_path)
     tabs, folder = demo.workbench_tabs, tmp_path
     base = str(micro_dir)
     tabs["Training"].ctx.registry.slot(base)
-    outs = list(tabs["Training"].latent_train(base, "coconut", "coco-test", 2, False))
-    fig, status, key = outs[-1]
+    outs = list(tabs["Training"].latent_train(base, "coconut", "coco-test", 2, False, False, 1))
+    fig, traj, status, key = outs[-1]
     assert status.startswith("done (4 stage(s))") and key == str((folder / "workbench-outputs" / "coco-test" / "final" / "model").resolve())
     assert [t.name for t in fig.data] == ["stage 1", "stage 2", "stage 3", "stage 4"]
-    assert any(str(o[1]).startswith("stage ") for o in outs[:-1])  # live rows while training
+    assert any(str(o[2]).startswith("stage ") for o in outs[:-1])  # live rows while training
+    # beside the loss: one probe's latent path at each of the 8 checkpoints (2 per stage), and its readout table
+    assert [t.name for t in traj.data if t.type == "scatter"] == [f"stage {k} step {s}" for k in (1, 2, 3, 4) for s in (1, 2)]
+    assert [len(t.x) for t in traj.data if t.type == "scatter"] == [2, 2, 4, 4, 6, 6, 8, 8]
+    assert len([o for o in outs[:-1] if o[1] is not None and any(t.type == "heatmap" for t in o[1].data)]) >= 1  # refreshed while training
     run = list(tabs["Latent reasoning"].run(key, "trained", "Ava has 3 apples. How many apples does Ava have now?", 6, 4, None, "coco-test/final"))
     assert "coconut: 8 latent steps" in run[-1][0]  # 4 stages x c = 2 thoughts per step (COCONUT's GSM8k setting)
     with pytest.raises(gr.Error, match="was trained on model"):
         list(tabs["Latent reasoning"].run(MODEL, "trained", "2+2?", 6, 4, None, "coco-test/final"))
-    outs = list(tabs["Training"].latent_train(base, "pause", "pause-test", 2, False))
-    assert outs[-1][1].startswith("done; in the Latent tab") and "pause-test" in outs[-1][1]
+    outs = list(tabs["Training"].latent_train(base, "pause", "pause-test", 2, False, False, 0))
+    assert outs[-1][2].startswith("done; in the Latent tab") and "pause-test" in outs[-1][2]
+    assert not (folder / "workbench-outputs" / "pause-test" / "trajectories.jsonl").exists()  # probe problems 0: none recorded
     run = list(tabs["Latent reasoning"].run(base, "trained", "Ava has 3 apples. How many apples does Ava have now?", 6, 4, None, "pause-test/final"))
     assert "pause: 4 latent steps" in run[-1][0]
+    # a finished run folder, chosen by name: its loss curve and trajectories again, read from disk
+    loss, traj2, status = tabs["Training"].show_run("coco-test", "hidden")
+    assert status.startswith("8 checkpoint(s) of `coco-test` (coconut), the last at stage 4 step 2")
+    assert [t.name for t in loss.data] == ["stage 1", "stage 2", "stage 3", "stage 4"] and len(traj2.data) == len(traj.data)
+    assert tabs["Training"].show_run("coco-test/final")[2] == status  # the recipe's final/ folder names its run
+    with pytest.raises(gr.Error, match=r"pause-test.*has no latent trajectories.*probe_n > 0"):
+        tabs["Training"].show_run("pause-test")
+    with pytest.raises(gr.Error, match="outside the folders this app may read"):
+        tabs["Training"].show_run("/")
 
 
 @pytest.mark.slow
