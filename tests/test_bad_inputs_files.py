@@ -271,7 +271,33 @@ def _files_app(smol, tmp_path_factory) -> SimpleNamespace:
         (allowed / name / "latent_policy.json").write_text(json.dumps(cfg))
     (allowed / "not_json").mkdir()
     (allowed / "not_json" / "latent_policy.json").write_text("{method: coconut")
+    _files_trajectory_runs(allowed)
     return a
+
+
+def _files_trajectory_runs(allowed: Path) -> None:
+    """Run folders the Training tab's 'Show trajectories' must refuse: none recorded, only
+    a torn line, a record naming a file outside its folder, one whose vector file is gone,
+    and one whose vector file is not safetensors."""
+    from workbench.train.trajectories import FORMAT, TRAJECTORIES_DIR, TRAJECTORIES_FILE
+
+    def run(name: str, lines: list[str]) -> Path:
+        folder = allowed / name
+        (folder / TRAJECTORIES_DIR).mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+        if lines:
+            (folder / TRAJECTORIES_FILE).write_text("\n".join(lines) + "\n")
+        return folder
+
+    def rec(file: str) -> str:
+        return json.dumps({"format": FORMAT, "step": 2, "stage": 1, "method": "coconut", "file": file, "probes": []})
+
+    run("traj_none", [])
+    run("traj_torn", ['{"format": "workbench-latent-tra'])
+    run("traj_escape", [rec("../../outside/exists.safetensors")])
+    run("traj_gone", [rec(f"{TRAJECTORIES_DIR}/step000002.safetensors")])
+    bad = run("traj_garbage", [rec(f"{TRAJECTORIES_DIR}/step000002.safetensors")])
+    (bad / TRAJECTORIES_DIR / "step000002.safetensors").write_bytes(b"not a safetensors file at all")
 
 
 def _files_ui(fn, *args):
@@ -389,6 +415,25 @@ APP_CASES = [
          InputError, ["eps", "nan", "finite"]),
     Case("bake-lr-huge", lambda a: _files_ui(a.tabs["Training"].bake, APP_MODEL, a.vec, "lr-run", "distil", 6.0, 2, 50.0),
          InputError, ["learning rate", "[0, 1]", "50"]),
+    # 'Show trajectories': a run folder inside the allowed folders, holding readable trajectories
+    Case("show-run-outside", lambda a: _files_ui(a.tabs["Training"].show_run, str(a.outside)), PathNotAllowedError,
+         ["outside", "outside the folders"]),
+    Case("show-run-missing", lambda a: _files_ui(a.tabs["Training"].show_run, "no-such-run"), MissingFileError,
+         ["no-such-run", "does not exist"]),
+    Case("show-run-a-file", lambda a: _files_ui(a.tabs["Training"].show_run, "model.safetensors"), InputError,
+         ["model.safetensors", "is a file", "run folder"]),
+    Case("show-run-pca-unknown", lambda a: _files_ui(a.tabs["Training"].show_run, "traj_none", "umap"), InputError,
+         ["'umap'", "latent", "hidden"]),
+    Case("show-run-no-trajectories", lambda a: _files_ui(a.tabs["Training"].show_run, "traj_none"), MissingFileError,
+         ["traj_none", "no latent trajectories", "probe_n"]),
+    Case("show-run-torn-only", lambda a: _files_ui(a.tabs["Training"].show_run, "traj_torn"), MissingFileError,
+         ["traj_torn", "no records yet"]),
+    Case("show-run-vector-file-escapes", lambda a: _files_ui(a.tabs["Training"].show_run, "traj_escape"), FileFormatError,
+         ["../../outside/exists.safetensors", "which is not in"]),
+    Case("show-run-vector-file-gone", lambda a: _files_ui(a.tabs["Training"].show_run, "traj_gone"), FileFormatError,
+         ["step000002.safetensors", "is missing"]),
+    Case("show-run-vector-file-garbage", lambda a: _files_ui(a.tabs["Training"].show_run, "traj_garbage"), FileFormatError,
+         ["step000002.safetensors"]),
     Case("cancel-unknown-run", lambda a: _files_ui(a.tabs["Training"].cancel, "nothing"), InputError,
          ["'nothing'", "running: none"]),
 ]
