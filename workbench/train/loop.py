@@ -213,6 +213,7 @@ def train(
     extra_state: Callable[[], dict[str, Any]] | None = None,
     fast_kernels: bool | None = None,
     on_checkpoint: CheckpointRecorder | None = None,
+    pool: Callable[[int], Sequence[int]] | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad on `data` with `loss_fn`.
 
@@ -236,6 +237,9 @@ def train(
     on_checkpoint: a `CheckpointRecorder`; `begin` before the first step, `record` after
         every checkpoint (before `on_step` gets that row), both through `observe` (the
         steps taken are the same with or without it).
+    pool(step): the indices of `data` that step `step` draws its batches from (a data
+        curriculum: a pure function of the step, so a resumed run draws the same batches);
+        None: all of `data`.
     """
     if len(data) == 0:
         raise InputError("the training corpus is empty; give at least one example")
@@ -311,7 +315,11 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 total, tokens, extra = 0.0, 0, {}
                 for micro in range(cfg.grad_accum):
-                    idx = batch_indices(len(data), step, micro, cfg)
+                    if pool is None:
+                        idx = batch_indices(len(data), step, micro, cfg)
+                    else:
+                        active = pool(step)
+                        idx = [int(active[j]) for j in batch_indices(len(active), step, micro, cfg)]
                     res = loss_fn(model, [data[i] for i in idx])
                     lv = float(res.loss.detach())
                     if not torch.isfinite(torch.tensor(lv)):
