@@ -145,6 +145,32 @@ def test_data_config_follows_the_task():
     assert [x.question for x in a.problems(seed=1000)] == [x.question for x in arith.training_problems(30, 1, 4, 1, seed=1000)]
 
 
+def test_graph_micro_data_has_a_hop_warmup_and_arithmetic_has_none():
+    """The graph micro model's hop curriculum: a quarter of n_train extra 1-2-hop questions
+    (outside the held-out sets), alone for the first hop_warmup_steps steps, then mixed in."""
+    from workbench.tokenizers import qwen35_tokenizer
+    from workbench.train import micro
+
+    tok = qwen35_tokenizer()
+    cfg = micro.MicroConfig(task="graph", n_train=40, eval_n=2, hop_warmup_steps=5)
+    data = micro.build_data(tok, cfg)
+    assert data.n_warmup == 10 and len(data.examples) == 50
+    warm = arith.training_graph_problems(10, 1, 2, seed=3000)
+    assert {p.meta["hops"] for p in warm} <= {1, 2}
+    held = arith._held_out_graphs()
+    assert not any(tasks.graph_key(p) in held for p in warm)
+    pool = micro.hop_pool(cfg, data)
+    assert list(pool(0)) == list(pool(4)) == list(range(40, 50)) and list(pool(5)) == list(range(50))
+    # off: no extra questions, no pool; arithmetic never has one
+    assert micro.hop_pool(cfg, micro.build_data(tok, cfg.replace(hop_warmup_steps=0))) is None
+    a = micro.MicroConfig(n_train=20, eval_n=2)
+    ad = micro.build_data(tok, a)
+    assert ad.n_warmup == 0 and len(ad.examples) == 20 and micro.hop_pool(a, ad) is None
+    for bad in ({"hop_warmup_steps": -1}, {"hop_warmup_max_hops": 0}, {"hop_warmup_n": -3}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            micro.MicroConfig(task="graph", **bad).validate()
+
+
 # --------------------------------------------------------------------------- string answers
 
 
@@ -256,23 +282,23 @@ def test_micro_graph_model_trains_resumes_loads_and_runs_its_cot_eval(tmp_cache,
     cfg = micro.MicroConfig(task="graph", out_dir=str(micro.default_run_dir("graph")), **SMOKE)
     full, info = micro.train_micro(cfg, cancel=lambda: True)
     assert full is None and info == {"status": "cancelled", "step": 1}
-    assert (tmp_cache / "qwen3.5-micro-graph-v2.run" / "checkpoint").exists()
+    assert (tmp_cache / "qwen3.5-micro-graph-v3.run" / "checkpoint").exists()
     # `workbench train micro --set task=graph` resumes it into the cache folder beside the arithmetic one
     sets = [x for k, v in SMOKE.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     assert main(["micro", "--set", 'task="graph"', *sets]) == 0
     res = json.loads(capsys.readouterr().out)
-    folder = tmp_cache / "qwen3.5-micro-graph-v2"
+    folder = tmp_cache / "qwen3.5-micro-graph-v3"
     assert res["model_dir"] == str(folder) and res["steps"] == SMOKE["steps"]
     assert set(res["eval"]) == {"3 hops", "4 hops", "5 hops"}
     assert all(0.0 <= v[k] <= 1.0 for v in res["eval"].values() for k in ("cot", "direct"))
-    assert not (tmp_cache / "qwen3.5-micro-graph-v2.run").exists() and not (tmp_cache / micro.CACHE_KEY).exists()
+    assert not (tmp_cache / "qwen3.5-micro-graph-v3.run").exists() and not (tmp_cache / micro.CACHE_KEY).exists()
     info = json.loads((folder / "micro.json").read_text())
     assert info["task"] == "graph" and info["config"]["task"] == "graph" and info["compact_vocab"] < 1000
     steps_logged = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, SMOKE["steps"] + 1))  # step 1 from the stopped run, then the resumed ones
 
     bench = wb.load("qwen3.5-micro-graph", device="cpu")
-    assert bench.source == "trained:qwen3.5-micro-graph-v2"
+    assert bench.source == "trained:qwen3.5-micro-graph-v3"
     probs = arith.eval_problems("3 hops", 2)
     rows, summary = evaluate(bench, {"cot": "cot", "no_think": "no_think"}, probs, max_new_tokens=8, think_budget=40, progress=False)
     assert len(rows) == 4 and {s.method for s in summary} == {"cot", "no_think"}
