@@ -163,7 +163,7 @@ def test_coconut_latents_in_training_are_the_engine_latents(micro):
 def test_recipes_train_and_save_what_the_engine_loads(micro_dir, micro, tmp_path):
     model = str(micro_dir)
     runs = {
-        "coconut": run_coconut(CoconutConfig(model=model, out_dir=str(tmp_path / "c"), max_reasoning_steps=2, thoughts_per_step=1, **RECIPE)),
+        "coconut": run_coconut(CoconutConfig(model=model, out_dir=str(tmp_path / "c"), max_reasoning_steps=2, thoughts_per_step=1, stage_eval_n=0, **RECIPE)),
         "projection-head": run_projection(ProjectionConfig(model=model, out_dir=str(tmp_path / "p"), latent_steps=2, **RECIPE)),
         "latent-head": run_latent_head(LatentHeadConfig(model=model, out_dir=str(tmp_path / "l"), max_internal_tokens=6, **RECIPE)),
         "pause": run_pause(PauseConfig(model=model, out_dir=str(tmp_path / "s"), n_pause=2, **RECIPE)),
@@ -237,7 +237,7 @@ def test_recipes_on_a_model_without_a_thinking_block(smol, tmp_path):
     assert "<think>" not in smol.tokenizer.decode(e.prompt) and smol.tokenizer.decode(e.suffix).startswith("#### ")
     bench = wb.load("smollm2-135m", device="cpu")  # its own copy: the recipe fine-tunes (and merges into) it
     cfg = CoconutConfig(model="smollm2-135m", out_dir=str(tmp_path / "c"), max_reasoning_steps=1, thoughts_per_step=1, lora_rank=4, lora_targets=["q_proj", "v_proj"],
-                        train_modules=[], **{**RECIPE, "steps": 1, "n_train": 4, "batch_size": 2})  # fmt: skip
+                        train_modules=[], stage_eval_n=0, probe_n=0, **{**RECIPE, "steps": 1, "n_train": 4, "batch_size": 2})  # fmt: skip
     res = run_coconut(cfg, bench=bench)
     spec, model = latent.load_policy(res["final"])
     assert spec.end is None and spec.steps == 1 and model.endswith("model")
@@ -260,7 +260,7 @@ def test_coconut_stages_see_different_problems(micro_dir, tmp_path, monkeypatch)
         return real_train(model, data, loss_fn, cfg, **kw)
 
     monkeypatch.setattr(lr, "train", spy)
-    cfg = CoconutConfig(model=str(micro_dir), out_dir=str(tmp_path / "c"), max_reasoning_steps=3, **RECIPE)
+    cfg = CoconutConfig(model=str(micro_dir), out_dir=str(tmp_path / "c"), max_reasoning_steps=3, stage_eval_n=0, probe_n=0, **RECIPE)
     assert run_coconut(cfg)["status"] == "done"
     assert [s for s, _ in seen] == [lr.coconut_stage_seed(cfg.seed, k) for k in (1, 2, 3)]
     assert len({s for s, _ in seen}) == 3
