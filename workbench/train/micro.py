@@ -102,11 +102,12 @@ class MicroConfig(ArithData):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.hop_warmup_steps, bool) or not isinstance(self.hop_warmup_steps, int) or self.hop_warmup_steps < 0:
+        # field types (integers, not bools) are checked by TrainConfig.validate; the ranges here
+        if self.hop_warmup_steps < 0:
             raise InputError(f"hop_warmup_steps must be an integer >= 0, got {self.hop_warmup_steps!r}")
         if not 1 <= self.hop_warmup_max_hops <= GRAPH_MAX_HOPS:
             raise InputError(f"hop_warmup_max_hops must be in 1..{GRAPH_MAX_HOPS}, got {self.hop_warmup_max_hops!r}")
-        if isinstance(self.hop_warmup_n, bool) or not isinstance(self.hop_warmup_n, int) or self.hop_warmup_n < 0:
+        if self.hop_warmup_n < 0:
             raise InputError(f"hop_warmup_n must be an integer >= 0 (0: a quarter of n_train), got {self.hop_warmup_n!r}")
         if self.lora_rank:
             raise InputError("the micro model is trained from scratch: lora_rank must be 0")
