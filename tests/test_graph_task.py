@@ -166,9 +166,19 @@ def test_graph_micro_data_has_a_hop_warmup_and_arithmetic_has_none():
     a = micro.MicroConfig(n_train=20, eval_n=2)
     ad = micro.build_data(tok, a)
     assert ad.n_warmup == 0 and len(ad.examples) == 20 and micro.hop_pool(a, ad) is None
-    for bad in ({"hop_warmup_steps": -1}, {"hop_warmup_max_hops": 0}, {"hop_warmup_n": -3}):
+    for bad in ({"hop_warmup_steps": -1}, {"hop_warmup_max_hops": 0}, {"hop_warmup_n": -3}, {"conv_kernel": 1}, {"conv_kernel": 9}):
         with pytest.raises(InputError, match=next(iter(bad))):
             micro.MicroConfig(task="graph", **bad).validate()
+
+
+def test_micro_conv_kernel_sets_the_gated_deltanet_conv_width():
+    # the short conv spans "<stem> pus is a <child>" (5 tokens) at conv_kernel >= 5
+    from workbench.train import micro
+
+    for k in (4, 6):
+        m = micro.compact_model(micro.MicroConfig(task="graph", conv_kernel=k), 50)
+        convs = [mod for name, mod in m.named_modules() if name.endswith("linear_attn.conv1d")]
+        assert m.config.linear_conv_kernel_dim == k and convs and all(c.weight.shape[-1] == k for c in convs)
 
 
 # --------------------------------------------------------------------------- string answers
@@ -208,6 +218,11 @@ def test_string_answers_encode_and_prompt():
     assert prompt_for(q, "cot") == f"{q.question}\nThink step by step. {INSTRUCTION}"
     assert prompt_for(q, "no_think") == f"{q.question}\nAnswer with only the final number as '#### <number>'."
     assert tok.decode(arith.encode_problems(tok, [q])[0].answer) == f"#### {q.answer}<|im_end|>"
+    # the solve-and-grade helper (prefix eval) asks for a name where the answer is one
+    from workbench.evaluate import INSTRUCTION as SOLVE, NAME_INSTRUCTION, default_prompt
+
+    assert default_prompt(p) == f"{p.question}\n\n{NAME_INSTRUCTION}" and "name" in NAME_INSTRUCTION
+    assert default_prompt(q) == f"{q.question}\n\n{SOLVE}"
 
 
 def test_answer_index_finds_the_name():

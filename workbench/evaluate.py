@@ -12,11 +12,16 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 INSTRUCTION = "Solve the problem step by step, then give the final answer as a number on its own line, after '####'."
+# graph problems (`tasks.graph_problems`) are answered with a concept's name, not a number
+NAME_INSTRUCTION = "Solve the problem step by step, then give the final answer, the name of one of the two options, on its own line, after '####'."
 
 
 def default_prompt(problem: Any) -> str:
-    """The question followed by an instruction to end with `#### <number>`."""
-    return f"{problem.question}\n\n{INSTRUCTION}"
+    """The question followed by an instruction to end with `#### <number>` (or `#### <name>`
+    where the answer is a name, as in the graph task)."""
+    from .tasks import is_name_answer
+
+    return f"{problem.question}\n\n{NAME_INSTRUCTION if is_name_answer(problem.answer) else INSTRUCTION}"
 
 
 @dataclass

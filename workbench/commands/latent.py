@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..tasks import list_tasks
 from ._common import add_model_args, check_token_id, finite_float, load_from_args, print_json
 
 METHODS = ("coconut", "projection", "latent-head", "soft", "trained")
@@ -102,7 +103,7 @@ def register(sub) -> None:
     e = lsub.add_parser("eval", help="accuracy / steps / exits / time per method vs CoT and no-thinking baselines")
     add_model_args(e, positional=False)
     _add_policy_args(e, multiple=True)
-    e.add_argument("--task", default="arith-easy", help="arith-easy|arith-medium|arith-hard|arith-expert|gsm8k-sample or a GSM8K-format .jsonl")
+    e.add_argument("--task", default="arith-easy", help=f"{'|'.join(list_tasks())} or a GSM8K-format .jsonl")
     e.add_argument("-n", type=int, default=20, help="number of problems")
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--max-new-tokens", type=int, default=96)

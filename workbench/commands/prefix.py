@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import InputError
+from ..tasks import list_tasks
 from ._common import add_model_args, finite_float, load_from_args, print_json
 
 
@@ -13,7 +14,7 @@ def register(sub) -> None:
     psub = p.add_subparsers(dest="prefix_command", metavar="SUBCOMMAND")
     e = psub.add_parser("eval", help="accuracy per prefix seed, mean, oracle coverage vs greedy and sampled baselines")
     add_model_args(e, positional=False)
-    e.add_argument("--task", default="arith-easy", help="arith-easy|arith-medium|arith-hard|arith-expert|gsm8k-sample or a GSM8K-format .jsonl path")
+    e.add_argument("--task", default="arith-easy", help=f"{'|'.join(list_tasks())} or a GSM8K-format .jsonl path")
     e.add_argument("--n-problems", type=int, default=20)
     e.add_argument("--task-seed", type=int, default=None)
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="prefix seeds (default: 0 1 2 3)")
