@@ -29,6 +29,19 @@ def test_intervals_by_hand():
     assert R.gap_share(0.5, 0.2, 0.8) == pytest.approx(0.5) and R.gap_share(0.5, 0.8, 0.8) is None
 
 
+def test_train_time_counts_every_logged_step_once_across_resumes_and_stages(tmp_path):
+    def log(path, rows, tail=""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+
+    # stage 1: steps 1-3 logged, interrupted after step 3 (checkpoint at 2), resumed: 3 again, then 4
+    log(tmp_path / "stage1" / "metrics.jsonl", [{"step": 1, "seconds": 1.0}, {"step": 2, "seconds": 2.0}, {"step": 3, "seconds": 4.0},
+                                                {"step": 3, "seconds": 8.0}, {"step": 4, "seconds": 16.0}], tail='{"step": 5, "sec')
+    log(tmp_path / "stage2" / "metrics.jsonl", [{"step": 1, "seconds": 32.0}, {"step": 1, "loss": 1.0}, {"note": "eval"}])
+    assert R.logged_train_seconds(tmp_path) == 1.0 + 2.0 + 8.0 + 16.0 + 32.0
+    assert R.logged_train_seconds(tmp_path / "missing") == 0.0
+
+
 def test_results_table_seeds_g_labels_and_resume(micro_dir, tmp_path, monkeypatch):
     """Two seeds of the pause recipe on the smoke micro model: every JSON row carries task,
     method, n_seeds, accuracy and thinking positions per set (mean + ci95) and g; a second

@@ -19,7 +19,6 @@ Writes `results.json` and `results.md` (atomic) into `<out>/<task>/`.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -71,16 +70,37 @@ def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, ove
     cls, run = RUNNERS[recipe]
     cfg = cls(model=model, out_dir=str(run_dir), eval_n=0, **(overrides or {}))
     resume = (run_dir / "checkpoint").exists() or any(run_dir.glob("stage*/checkpoint"))  # an interrupted run
-    t0 = time.perf_counter()
     res = run(cfg, resume=resume)
     if res.get("status") != "done":
         raise RuntimeError(f"recipe {recipe} stopped: {res}")
     info = json.loads(summary_path.read_text())
-    info["train_seconds"] = round(time.perf_counter() - t0, 1)
+    # from the step log, not this process's clock: a run resumed across sessions counts all of its steps
+    info["train_seconds"] = round(logged_train_seconds(run_dir), 1)
     from ..paths import atomic_write_text
 
     atomic_write_text(summary_path, json.dumps(info, indent=1, default=str) + "\n")
     return final, info
+
+
+def logged_train_seconds(run_dir: Path) -> float:
+    """Seconds of training steps in the trainer's step logs under `run_dir` (every
+    `metrics.jsonl`, one per stage of a staged recipe), each step counted once: a step
+    logged before an interruption and again after the resume counts its last time. Evals
+    and probes between steps are not included."""
+    from ..train.loop import METRICS_FILE
+
+    total = 0.0
+    for path in sorted(Path(run_dir).rglob(METRICS_FILE)):
+        by_step: dict[int, float] = {}
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut by an interruption
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("seconds"), (int, float)):
+                by_step[row["step"]] = float(row["seconds"])
+        total += sum(by_step.values())
+    return total
 
 
 # --------------------------------------------------------------------------- statistics
@@ -385,7 +405,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Task {report['task']}, model {report['model']}, {report['n_per_set']} held-out problems per set, seeds {report['seeds']}. "
         "Accuracy: mean [95% interval] (t over seeds; Wilson over problems for one deterministic run). "
         f"g = (acc - noCoT) / (CoT - noCoT) per set; a row with mean g below {report['not_learned_below_g']} is not reported as a "
-        f"method result. Thinking positions and visible tokens are means per set ({' / '.join(sets)})."
+        f"method result. Thinking positions and visible tokens are means per set ({' / '.join(sets)}). "
+        "Train time: mean per seed of the recipe's logged training-step seconds (evals between steps excluded; "
+        "a run resumed across sessions counts every step once)."
     )
     for r in report["rows"]:
         if r.get("stages"):
