@@ -71,6 +71,8 @@ class MicroConfig(ArithData):
     intermediate_size: int = 384
     layer_types: list[str] = field(default_factory=lambda: ["linear_attention", "full_attention", "linear_attention", "full_attention"])
     num_heads: int = 4
+    # width of the Gated DeltaNet layers' causal short conv (Qwen3.5: 4)
+    conv_kernel: int = 4
     n_train: int = 24000
     direct_fraction: float = 0.25
     eval_n: int = 48
@@ -114,6 +116,8 @@ class MicroConfig(ArithData):
         bad = [t for t in self.layer_types if t not in ("linear_attention", "full_attention")]
         if bad or not self.layer_types:
             raise InputError(f"layer_types must be a non-empty list of 'linear_attention' / 'full_attention', got {self.layer_types!r}")
+        if not 2 <= self.conv_kernel <= 8:
+            raise InputError(f"conv_kernel must be an integer in 2..8, got {self.conv_kernel!r}")
         if self.hidden_size % self.num_heads or self.hidden_size < 8:
             raise InputError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.direct_fraction <= 1.0:
@@ -125,7 +129,7 @@ def shape_kwargs(cfg: MicroConfig) -> dict[str, Any]:
     return dict(
         hidden_size=d, intermediate_size=cfg.intermediate_size, num_hidden_layers=len(cfg.layer_types), layer_types=list(cfg.layer_types),
         num_attention_heads=h, num_key_value_heads=max(1, h // 2), head_dim=d // h, linear_num_key_heads=h, linear_num_value_heads=h,
-        linear_key_head_dim=d // h, linear_value_head_dim=d // h, tie_word_embeddings=True,
+        linear_key_head_dim=d // h, linear_value_head_dim=d // h, linear_conv_kernel_dim=cfg.conv_kernel, tie_word_embeddings=True,
     )  # fmt: skip
 
 
