@@ -261,3 +261,36 @@ def test_trainer_fast_path_resumes_exactly_and_can_be_turned_off(tmp_path):
     cross = _train_small(_small_micro(tmp_path, "d"), resume=True)
     torch.testing.assert_close(torch.tensor(cross), torch.tensor(off), rtol=1e-4, atol=1e-5)
     assert cross[:2] == off[:2]
+
+
+def test_delta_rule_stays_float32_under_a_bf16_autocast():
+    ins = _gdn_inputs(2, 40, 2, 2, 16)
+    ref = gdn_fast.parallel_gated_delta_rule(*ins, use_qk_l2norm_in_kernel=True)[0]
+    g_ref = torch.autograd.grad(ref.sum(), ins)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gdn_fast.parallel_gated_delta_rule(*ins, use_qk_l2norm_in_kernel=True)[0]
+    g_out = torch.autograd.grad(out.sum(), ins)
+    # bitwise: the function computes in float32 with autocast off inside, forward and backward
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert all(torch.equal(a, b) for a, b in zip(g_out, g_ref))
+
+
+def test_bf16_autocast_trains_close_to_float32_and_keeps_float32_state(tmp_path):
+    from workbench.errors import InputError
+    from workbench.train.micro import MicroConfig
+
+    with pytest.raises(InputError, match=r"autocast must be one of off, bf16, got 'fp8'"):
+        MicroConfig(autocast="fp8")
+    assert isinstance(speed.training_autocast(MicroConfig(), torch.nn.Linear(2, 2)), type(speed.contextlib.nullcontext()))
+    fp32 = _train_small(_small_micro(tmp_path, "f"))
+    bf16 = _train_small(_small_micro(tmp_path, "h", autocast="bf16"))
+    assert bf16 != fp32  # it does run in bfloat16 ...
+    torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=1e-3, atol=1e-3)  # ... with the same losses (the loss itself is float32)
+    first = _train_small(_small_micro(tmp_path, "r", autocast="bf16"), stop_after=2)
+    resumed = _train_small(_small_micro(tmp_path, "r", autocast="bf16"), resume=True)
+    assert first == bf16[:2] and resumed == bf16  # exact resume
+    from workbench.train.checkpoint import read_checkpoint
+
+    ck = read_checkpoint(tmp_path / "h" / "checkpoint")
+    assert ck.trainable and all(t.dtype == torch.float32 for t in (*ck.trainable.values(), *ck.state_tensors.values()) if t.is_floating_point())
+    assert ck.config["autocast"] == "bf16"

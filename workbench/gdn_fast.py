@@ -72,6 +72,7 @@ class _ParallelGatedDelta(torch.autograd.Function):
     float tensors (q already scaled), g and beta [B, H, T]."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # float32 under a bf16 autocast
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         T = q.shape[-2]
@@ -90,6 +91,7 @@ class _ParallelGatedDelta(torch.autograd.Function):
         return o, U
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, do: Tensor | None, dU_out: Tensor | None):
         q, k, v, beta, kb, D, A, S, U = ctx.saved_tensors
         g_dtype = ctx.g_dtype

@@ -204,15 +204,17 @@ def run_micro(args) -> dict:
     from ..train.loop import batch_indices, prepare_trainable, trainable_parameters
     from ..train.micro import MicroConfig, build_data, compact_model, micro_loss, tok_vocab_size
     from ..train.optim import lr_at, make_optimizer, set_lr
-    from ..train.speed import fast_training
+    from ..train.speed import fast_training, training_autocast
 
     steps = max(1, int(getattr(args, "micro_steps", 6)))
     cfg = MicroConfig(out_dir="unused", progress=False, n_train=int(getattr(args, "micro_n_train", 2000)))
     data = build_data(qwen35_tokenizer(), cfg)
     n_zero = tok_vocab_size() - len(data.vocab)
     base = compact_model(cfg, len(data.vocab))
-    losses = {"today": micro_loss(n_zero), "fast": micro_loss_fn(n_zero)}
-    contexts = {"today": contextlib.nullcontext, "fast": fast_training}
+    losses = {"today": micro_loss(n_zero), "fast": micro_loss_fn(n_zero), "fast-bf16": micro_loss_fn(n_zero)}
+    contexts = {"today": contextlib.nullcontext, "fast": fast_training, "fast-bf16": fast_training}
+    # the forward's precision, as the trainer sets it (autocast around the loss only)
+    precision = {"today": cfg, "fast": cfg, "fast-bf16": cfg.replace(autocast="bf16")}
     state = {}
     for name in losses:
         model = prepare_trainable(copy.deepcopy(base), cfg)
@@ -236,7 +238,8 @@ def run_micro(args) -> dict:
                 with contexts[name]():
                     set_lr(opt, lr_at(s, cfg))
                     opt.zero_grad(set_to_none=True)
-                    res = losses[name](model, batch)
+                    with training_autocast(precision[name], model):
+                        res = losses[name](model, batch)
                     res.loss.backward()
                     torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
                     opt.step()
@@ -264,6 +267,12 @@ def run_micro(args) -> dict:
         "micro_step_gflop": median(flops) / 1e9,
         "micro_first_step_loss_diff": abs(loss_log["fast"][0] - loss_log["today"][0]),
         "micro_max_loss_diff": max(abs(a - b) for a, b in zip(loss_log["fast"], loss_log["today"])),
+        "micro_fast_bf16_vs_today_step_speedup": by["micro-today"]["step_s"] / by["micro-fast-bf16"]["step_s"],
+        "micro_fast_bf16_vs_fast_step_speedup": by["micro-fast"]["step_s"] / by["micro-fast-bf16"]["step_s"],
+        "micro_fast_bf16_tokens_per_s": by["micro-fast-bf16"]["tokens_per_s"],
+        "micro_fast_bf16_gflop_per_s": by["micro-fast-bf16"]["gflop_per_s"],
+        "micro_bf16_first_step_loss_diff": abs(loss_log["fast-bf16"][0] - loss_log["today"][0]),
+        "micro_bf16_max_loss_diff": max(abs(a - b) for a, b in zip(loss_log["fast-bf16"], loss_log["today"])),
     }
     config = {"steps": steps, "n_train": cfg.n_train, "batch": cfg.batch_size, "threads": torch.get_num_threads(), "compact_vocab": len(data.vocab)}
     return {"config": config, "rows": rows, "summary": summary}

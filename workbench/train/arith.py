@@ -238,8 +238,9 @@ def restricted_ce(hidden: Tensor, targets: Tensor, weight: Tensor, n_zero: int =
     the rows of `weight` [U, d]) when the model's full vocabulary is `weight`'s rows plus
     `n_zero` rows that are exactly zero (their logits are 0): the exact full-vocabulary
     loss at the cost of U logits. n_zero=0 is the ordinary loss over `weight`."""
-    logits = hidden.float() @ weight.float().t()
-    return (_full_logsumexp(logits, n_zero) - logits.gather(-1, targets[:, None])[:, 0]).mean()
+    with torch.autocast(device_type=hidden.device.type, enabled=False):  # the loss in float32 under a bf16 autocast too
+        logits = hidden.float() @ weight.float().t()
+        return (_full_logsumexp(logits, n_zero) - logits.gather(-1, targets[:, None])[:, 0]).mean()
 
 
 def _full_logsumexp(logits: Tensor, n_zero: int) -> Tensor:

@@ -20,6 +20,9 @@ from ..paths import atomic_write_text
 CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adamw", "apollo-mini")
 SCHEDULES = ("constant", "cosine", "linear")
+# mixed precision of the training forward: "bf16" runs it under torch.autocast (matmuls in
+# bfloat16, weights, gradients and optimizer state in float32); "off" is plain float32
+AUTOCAST = ("off", "bf16")
 
 # Fields that may differ between a run and its resumption without changing the math of
 # the steps already taken (the run can be extended, logged differently, moved).
@@ -44,6 +47,9 @@ class TrainConfig:
     Checkpoints: every `ckpt_every` steps (and at the end) into `<out_dir>/checkpoint`;
     metrics every `log_every` steps into `<out_dir>/metrics.jsonl`; the recipe's eval
     every `eval_every` steps (0: only at the end).
+    Precision: `autocast` "bf16" runs each forward under `torch.autocast` in bfloat16
+    (float32 master weights, gradients and optimizer state; the Gated DeltaNet delta rule of
+    `workbench.gdn_fast` stays float32); "off" (default) trains in plain float32.
     """
 
     recipe: str = "custom"
@@ -75,6 +81,7 @@ class TrainConfig:
     eval_every: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    autocast: str = "off"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +105,8 @@ class TrainConfig:
             raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.autocast not in AUTOCAST:
+            raise InputError(f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.max_grad_norm is not None:

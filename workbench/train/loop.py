@@ -42,7 +42,7 @@ from ..paths import atomic_write_text
 from .checkpoint import CKPT_DIR, read_checkpoint, restore, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
-from .speed import fast_training
+from .speed import fast_training, training_autocast
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -320,7 +320,8 @@ def train(
                     else:
                         active = pool(step)
                         idx = [int(active[j]) for j in batch_indices(len(active), step, micro, cfg)]
-                    res = loss_fn(model, [data[i] for i in idx])
+                    with training_autocast(cfg, model):  # the forward only: backward runs in the dtypes the forward chose
+                        res = loss_fn(model, [data[i] for i in idx])
                     lv = float(res.loss.detach())
                     if not torch.isfinite(torch.tensor(lv)):
                         _diverged(step, "loss", lv, last_ckpt)

@@ -57,6 +57,21 @@ def fast_training(enabled: bool = True) -> Iterator[bool]:
         _active.reset(token)
 
 
+def training_autocast(cfg: Any, model: Any) -> contextlib.AbstractContextManager:
+    """The mixed-precision context of one training forward: `torch.autocast` in bfloat16 on
+    the model's device when `cfg.autocast` is "bf16", else a no-op. On a CPU with AVX512-BF16
+    (or AMX) the bfloat16 matmuls run several times faster than float32 ones; the weights,
+    their gradients and the optimizer state stay float32, and the Gated DeltaNet delta rule
+    (`gdn_fast`) computes in float32 under it."""
+    if getattr(cfg, "autocast", "off") != "bf16":
+        return contextlib.nullcontext()
+    try:
+        device = next(model.parameters()).device.type
+    except StopIteration:
+        device = "cpu"
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+
 def length_buckets(lengths: list[int], overhead: int = BUCKET_OVERHEAD_TOKENS, max_buckets: int = MAX_BUCKETS) -> list[list[int]]:
     """Row indices grouped for bucketed forwards: rows sorted by length (stable), split into
     at most `max_buckets` contiguous groups minimising sum(rows x longest row) +
@@ -112,4 +127,4 @@ def hidden_states(core: Any, ids: Tensor, mask: Tensor) -> Tensor:
     return torch.cat(parts, dim=0).index_select(0, inverse)
 
 
-__all__ = ["fast_training", "fast_enabled", "hidden_states", "length_buckets", "BUCKET_OVERHEAD_TOKENS", "MAX_BUCKETS"]
+__all__ = ["fast_training", "fast_enabled", "training_autocast", "hidden_states", "length_buckets", "BUCKET_OVERHEAD_TOKENS", "MAX_BUCKETS"]
