@@ -91,27 +91,40 @@ def launch(
     max_queue: int = 64,
     block: bool = True,
     quiet: bool = False,
+    share_hint: str | None = None,
 ) -> Any:
     """Queue with a concurrency limit, then serve on `host` (loopback by default). Public
-    sharing is off unless `share=True` is asked for explicitly."""
+    sharing is off unless `share=True` is asked for explicitly. `share_hint` (the CLI's
+    "--share") replaces Gradio's own banner, which tells Python users to pass `share=True`
+    to `launch()`, with the URL and how to ask for a public link in that client."""
     from workbench.errors import check_int
 
     concurrency = check_int(concurrency, "concurrency", low=1)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     ctx = getattr(demo, "workbench_ctx", None)
     max_file = max(ctx.max_vector_bytes, ctx.max_head_bytes) if ctx is not None else None
-    return demo.launch(
+    own_banner = share_hint is not None and not quiet
+    out = demo.launch(
         server_name=host,
         server_port=port,
         share=bool(share),
-        prevent_thread_lock=not block,
-        quiet=quiet,
+        prevent_thread_lock=not block or own_banner,
+        quiet=quiet or own_banner,
         show_error=True,
         ssr_mode=False,
         inbrowser=False,
         css=CSS,
         max_file_size=max_file,
     )
+    if own_banner:
+        print(f"* Running on local URL:  {demo.local_url}", flush=True)
+        if getattr(demo, "share_url", None):
+            print(f"* Running on public URL: {demo.share_url}", flush=True)
+        else:
+            print(f"* Only this machine can open it; add {share_hint} for a public link.", flush=True)
+        if block:
+            demo.block_thread()
+    return out
 
 
 if __name__ == "__main__":  # python -m apps.app

@@ -336,3 +336,17 @@ def test_training_tab_bakes_and_loads_the_result(app, vec):
     assert [p for p in fig.data[0].x] == [1, 2]
     _key, summary, _rows, _ = tabs["Model"].load_model("local path…", key)
     assert "| layers | 30 |" in summary
+
+
+def test_cli_launch_banner_names_the_cli_flag_not_launch_share(smol, tmp_path, capsys):
+    reg = Registry()
+    reg.add(MODEL, smol)
+    demo = build_app(MODEL, [tmp_path], registry=reg)
+    port = _free_port()
+    try:
+        launch(demo, "127.0.0.1", port, block=False, share_hint="--share")
+        out = capsys.readouterr().out
+    finally:
+        demo.close()
+    assert f"* Running on local URL:  http://127.0.0.1:{port}/" in out
+    assert "add --share for a public link" in out and "share=True" not in out

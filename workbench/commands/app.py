@@ -50,5 +50,5 @@ def _app(args) -> int:
                 raise InputError(f"{key} must be a finite number of megabytes > 0, got {v}")
             caps[flag] = v
     demo = build_app(args.model, args.allow_dir, device=args.device, dtype=args.dtype, out_dir=args.out_dir, **caps)
-    launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
+    launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency, share_hint="--share")
     return 0
