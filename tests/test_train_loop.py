@@ -279,8 +279,11 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
     after = _weights(other)
     assert all(torch.equal(before[n], after[n]) for n in before)  # untouched
     # different math settings
-    with pytest.raises(ValueError, match="cannot resume.*lr"):
+    with pytest.raises(ValueError, match="cannot resume.*lr") as err:
         train(prepare_trainable(_tiny_llama(), cfg), _data(), _loss, cfg.replace(lr=0.5, steps=4), resume=True)
+    from workbench.train.config import RESUME_MAY_CHANGE
+
+    assert str(err.value).endswith(f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")  # every field the rule allows
     # a foreign folder
     foreign = tmp_path / "foreign"
     (foreign / "checkpoint").mkdir(parents=True)

@@ -1,7 +1,9 @@
-"""The one module that imports nnsight (it patches process-wide hooks on import).
+"""Where a loaded model is wrapped for nnsight (nnsight patches process-wide hooks on import).
 
-Everything else goes through `workbench.trace` or `wrap()` here; nothing else imports
-nnsight. nnsight >= 0.8 deprecates `LanguageModel` in favour of `TransformersModel` with a
+Interpretability code goes through `workbench.trace` or `wrap()` here. The other modules
+that import nnsight do so for their own integrations only, lazily: `remote.py` (NDIF
+remote execution), `vllm_steer.py` (nnsight's vLLM engine) and the bench report (its
+version). nnsight >= 0.8 deprecates `LanguageModel` in favour of `TransformersModel` with a
 task, which is what we wrap an already-loaded transformers model in.
 """
 

@@ -2,7 +2,8 @@
 checkpoint and loaded tolerantly (unknown keys warn, they never fail a resume).
 
 Recipes that need more options subclass `TrainConfig` (e.g. `BakeConfig`); the JSON file
-records the class name so `load_config` rebuilds the right one.
+records the class name (`config_class`, for readers of the folder) and the recipe's own
+class reads it back (`BakeConfig.load(folder)`; `from_dict` ignores that key).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..errors import InputError, OutputNotWritableError, WorkbenchError, check_writable_target
 from ..paths import atomic_write_text
 from .checkpoint import CKPT_DIR, read_checkpoint, restore, save_checkpoint, seed_everything
-from .config import TrainConfig
+from .config import RESUME_MAY_CHANGE, TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .speed import fast_training, training_autocast
 
@@ -267,7 +267,7 @@ def train(
         diff = cfg.math_differences(old)
         if diff:
             shown = ", ".join(f"{k}: {a!r} here vs {b!r} in the checkpoint" for k, (a, b) in list(diff.items())[:4])
-            raise InputError(f"cannot resume {str(ckpt)!r} with different settings ({shown}); only {sorted({'steps', 'ckpt_every', 'log_every', 'eval_every'})} may change")
+            raise InputError(f"cannot resume {str(ckpt)!r} with different settings ({shown}); only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
         if ck.step > cfg.steps:
             raise InputError(f"checkpoint {str(ckpt)!r} is at step {ck.step}, beyond steps={cfg.steps}")
         theirs = ck.state.get("base_fingerprint")
