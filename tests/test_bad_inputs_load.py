@@ -544,6 +544,23 @@ def test_disk_full_leaves_no_half_written_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+def test_one_atomic_writer_refuses_to_replace_when_asked(tmp_path):
+    """Steering vectors and every other file go through paths.atomic_write_file: the same
+    temp naming, fsync, modes; overwrite=False refuses an existing file and leaves it."""
+    from workbench.errors import OutputExistsError
+    from workbench.paths import atomic_write_bytes, atomic_write_file, file_mode
+
+    target = tmp_path / "v.bin"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        atomic_write_bytes(target, b"new", overwrite=False)
+    with pytest.raises(ZeroDivisionError):
+        atomic_write_file(tmp_path / "w.bin", lambda tmp: 1 / 0)
+    atomic_write_file(tmp_path / "x.bin", lambda tmp: open(tmp, "wb").write(b"x"), overwrite=False)
+    assert target.read_bytes() == b"old" and (tmp_path / "x.bin").stat().st_mode & 0o777 == file_mode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.bin", "x.bin"]  # no temp left, nothing half-written
+
+
 def test_written_files_get_ordinary_modes(tmp_path):
     """save_pretrained writes its weights 0600; everything the workbench writes gets
     0666 & ~umask (files) and 0777 & ~umask (folders), like any other file."""

@@ -32,7 +32,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import FileFormatError
@@ -267,33 +267,63 @@ def check_safetensors(path: str | os.PathLike[str], what: str | None = None) -> 
 # --------------------------------------------------------------------------- writing
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path.
+def atomic_write_file(path: str | os.PathLike[str], write: Callable[[str], None], *, overwrite: bool = True) -> Path:
+    """Run ``write(tmp)`` on a fresh temporary file beside ``path``, fsync it and move it
+    into place; returns the path. The one atomic-write helper (`atomic_write_bytes`,
+    `atomic_write_text` and the steering-vector files go through it).
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced,
-    and the file is then renamed over ``path``. Readers see either the old file or
-    the complete new one, never a partial write. Parent directories are created.
+    Readers see either the old file or the complete new one, never a partial write; on any
+    error the temporary file is removed and ``path`` is left as it was. Parent folders are
+    created. ``overwrite=False`` refuses with OutputExistsError when ``path`` exists,
+    checked atomically (a hard link that fails if the name is taken), so two writers never
+    replace each other's file. The file gets mode 0o666 reduced by the umask, as any
+    ordinary file (mkstemp would give 0600).
     """
+    from .errors import OutputExistsError
+
     path = Path(path)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"atomic_write_bytes takes bytes, got {type(data).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def exists() -> OutputExistsError:
+        return OutputExistsError(f"{path} already exists; it is not replaced unless you ask for it (overwrite=True), or choose another name")
+
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise exists()
     clean_stale_temps(path)
     tmp = path.parent / f".{path.name}.{_temp_tag()}.tmp"
-    # O_EXCL: never write through a file or link someone else put there; the mode
-    # 0o666 is reduced by the umask like any ordinary file (mkstemp would give 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    # O_EXCL: never write through a file or link someone else put there
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(str(tmp))
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise exists() from None
+            except OSError:  # a file system without hard links: check, then rename
+                if path.exists() or path.is_symlink():
+                    raise exists() from None
+                os.replace(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_file`); returns the path."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"atomic_write_bytes takes bytes, got {type(data).__name__}")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write_file(path, write, overwrite=overwrite)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

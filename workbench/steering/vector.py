@@ -24,7 +24,6 @@ import math
 import numbers
 import os
 import re
-import secrets
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch
 from torch import Tensor
 
 from .._fileformat import check_file, safetensors_header
-from ..errors import FileFormatError, InputError, OutputExistsError
+from ..errors import FileFormatError, InputError
+from ..paths import atomic_write_file
 
 FORMAT_KEY = "workbench_steering_vector"
 FORMAT_VERSION = 1
@@ -84,45 +84,9 @@ def _not_ours(path: PathLike, why: str) -> FileFormatError:
 
 
 def _atomic_write(path: PathLike, write: Callable[[str], None], overwrite: bool = True) -> None:
-    """Run ``write(tmp_path)`` on a temp file next to ``path``, then move it into place.
-
-    ``overwrite=True`` replaces an existing ``path`` (``os.replace``); ``overwrite=False``
-    refuses with OutputExistsError when ``path`` exists, checked atomically (a hard link
-    that fails if the name is taken), so two writers never replace each other's file.
-    On any error the temp file is removed and ``path`` is left untouched.
-    """
-    target = Path(path)
-    if not overwrite and (target.exists() or target.is_symlink()):
-        raise _exists(target)
-    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 honours the umask (mkstemp would leave the final file 0600)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise _exists(target) from None
-            except OSError:  # a file system without hard links: check, then rename
-                if target.exists() or target.is_symlink():
-                    raise _exists(target) from None
-                os.replace(tmp, target)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _exists(target: Path) -> OutputExistsError:
-    return OutputExistsError(
-        f"{target} already exists; it is not replaced unless you ask for it (overwrite=True), or choose another name"
-    )
+    """`paths.atomic_write_file`: ``write(tmp)``, then moved into place (``overwrite=False``
+    refuses an existing ``path`` atomically)."""
+    atomic_write_file(path, write, overwrite=overwrite)
 
 
 @dataclass(kw_only=True, eq=False)
