@@ -310,3 +310,12 @@ def test_stream_yields_each_step_as_produced_and_ends_with_the_run(qwen_tiny):
     first_tok = next(k for k, u in enumerate(updates) if any(i == 0 for i, _ in u.tokens))
     last_lat = max(k for k, u in enumerate(updates) if any(i == 0 for i, _ in u.new_steps))
     assert last_lat < first_tok
+
+
+def test_one_source_of_stop_ids(qwen_tiny, smol):
+    from workbench.generate import stop_token_ids
+    from workbench.latent.policies import stop_ids
+
+    for bench in (qwen_tiny, smol):
+        assert stop_ids(bench) == stop_token_ids(bench.tokenizer, bench.hf) and stop_ids(bench)
+        assert stop_ids(bench) == stop_token_ids(bench.tokenizer, bench.hf)  # the cached copy too

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FileFormatError, InputError, NonFiniteError
-from ..generate import Decision, LoopState, PromptState, check_truncation, truncate_probs
+from ..generate import Decision, LoopState, PromptState, check_truncation, stop_token_ids, truncate_probs
 from ..inputs import check_integer, check_number
 from .heads import (
     LATENT_HEAD_FILE,
@@ -55,22 +55,12 @@ def token_id(tokenizer: Any, token: str) -> int | None:
 
 
 def stop_ids(bench: Any) -> set[int]:
-    """End-of-turn ids, the same set as `generate.stop_token_ids`, without `get_vocab()`;
+    """End-of-turn ids of the bench's model: `generate.stop_token_ids` (the one source),
     cached on the bench."""
     cached = bench.extra.get("_latent_stop_ids") if isinstance(getattr(bench, "extra", None), dict) else None
     if cached is not None:
         return set(cached)
-    tok, ids = bench.tokenizer, set()
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-        tid = token_id(tok, t)
-        if tid is not None:
-            ids.add(tid)
-    gen_cfg = getattr(bench.hf, "generation_config", None)
-    eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
-    if eos is not None:
-        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    ids = stop_token_ids(bench.tokenizer, bench.hf)
     if isinstance(getattr(bench, "extra", None), dict):
         bench.extra["_latent_stop_ids"] = frozenset(ids)
     return ids
