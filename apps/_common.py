@@ -485,35 +485,6 @@ def parse_int_list(text: str, what: str, *, low: int | None = None, high: int | 
     return out
 
 
-# --------------------------------------------------------------------------- edits on some rows
-
-
-@dataclass(frozen=True)
-class RowEdit:
-    """An edit that acts only on the batch rows in `rows` ([batch] bool): lets one batched
-    generation carry an unsteered and a steered copy of a prompt side by side (both through
-    the one loop, in lock step)."""
-
-    inner: Any
-    rows: torch.Tensor
-
-    @property
-    def layer(self) -> int:
-        return self.inner.layer
-
-    def __call__(self, hidden: torch.Tensor, phase: str) -> torch.Tensor:
-        edited = self.inner(hidden, phase)
-        if edited is hidden:
-            return hidden
-        m = self.rows.to(hidden.device)[:, None, None]
-        return torch.where(m, edited, hidden)
-
-
-def only_rows(edits: Sequence[Any], rows: Sequence[bool]) -> list[RowEdit]:
-    mask = torch.as_tensor(list(rows), dtype=torch.bool)
-    return [RowEdit(e, mask) for e in edits]
-
-
 # --------------------------------------------------------------------------- display helpers
 
 

@@ -14,7 +14,6 @@ from ._common import (
     AppContext,
     handler,
     md_table,
-    only_rows,
     output_file,
     parse_float,
     parse_int,
@@ -119,7 +118,6 @@ class SteeringTab:
         run of the generation loop; the steering acts on the second row only), then the KL
         side effect of the steering on neutral prompts."""
         from workbench import steering as st
-        from workbench.generate import generate_stream, stop_token_ids
 
         if vec is None:
             raise InputError("no steering vector: extract one (or load a file) first")
@@ -131,16 +129,8 @@ class SteeringTab:
         n = parse_int(max_new_tokens, "max new tokens", low=1, high=1024)
         with self.ctx.registry.use(model) as bench:
             steer = vec.steer(s, where)
-            edits = st.as_edits([steer], bench)  # refuses a vector made for another model
-            texts = ["", ""]
-            ids: list[list[int]] = [[], []]
-            stops = stop_token_ids(bench.tokenizer, bench.hf)
-            for step in generate_stream(bench, [prompt, prompt], max_new_tokens=n, edits=only_rows(edits, [False, True])):
-                for i in range(2):
-                    t = int(step.tokens[i])
-                    if t >= 0:
-                        ids[i].append(t)
-                texts = [bench.tokenizer.decode([t for t in r if t not in stops]) for r in ids]
+            texts = ("", "")
+            for texts in st.compare_stream(bench, prompt, [steer], max_new_tokens=n):
                 yield texts[0], texts[1], "generating…"
             note = f"scale {s:g} at layers {vec.layers} ({where} positions)"
             if kl:

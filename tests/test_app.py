@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import workbench as wb
-from apps._common import Registry, RowEdit, parse_layers, parse_pairs
+from apps._common import Registry, parse_layers, parse_pairs
 from apps.app import TABS, build_app, launch
 from apps.steering_tab import EXAMPLE_PAIRS, PASTE
 
@@ -64,13 +64,6 @@ def test_parse_layers_and_pairs():
     assert parse_pairs("a ||| b\n# note\n\nc\td") == [("a", "b"), ("c", "d")]
     with pytest.raises(ValueError, match="line 1"):
         parse_pairs("only one side")
-
-
-def test_row_edit_touches_only_its_rows():
-    e = wb.AddVector(3, torch.ones(4), scale=2.0)
-    h = torch.zeros(2, 5, 4)
-    out = RowEdit(e, torch.tensor([False, True]))(h, "prompt")
-    assert torch.equal(out[0], h[0]) and torch.equal(out[1], torch.full((5, 4), 2.0))
 
 
 # --------------------------------------------------------------------------- Model tab

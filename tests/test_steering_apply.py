@@ -136,6 +136,37 @@ def test_generate_scale_zero_equals_plain_and_steer_changes_logits(qwen_tiny):
     assert all(torch.equal(s.logits, d.logits) for s, d in zip(steered, direct))
 
 
+def test_row_edit_touches_only_its_rows_and_checks_the_batch():
+    from workbench.edits import RowEdit, only_rows, validate_edits
+    from workbench.errors import InputError
+
+    e = AddVector(3, torch.ones(4), scale=2.0)
+    h = torch.zeros(2, 5, 4)
+    out = RowEdit(e, torch.tensor([False, True]))(h, "prompt")
+    assert torch.equal(out[0], h[0]) and torch.equal(out[1], torch.full((5, 4), 2.0))
+    with pytest.raises(InputError, match="mask for 2 rows, but the batch has 3"):
+        only_rows([e], [False, True])[0](torch.zeros(3, 5, 4), "prompt")
+    with pytest.raises(InputError, match="d_model is 8"):  # the inner vector is checked like any edit's
+        validate_edits(only_rows([e], [True]), 6, 8)
+    with pytest.raises(InputError, match="non-empty list of booleans"):
+        only_rows([e], [])
+
+
+def test_compare_stream_is_plain_and_steered_generation_side_by_side(qwen_tiny, smol):
+    from workbench.errors import InputError
+
+    for b in (qwen_tiny, smol):
+        steer = [_vec(b, [1]).steer(6.0)]
+        last = list(wb.steering.compare_stream(b, "Tell me about the sea.", steer, max_new_tokens=6))[-1]
+        plain = generate_full(b, "Tell me about the sea.", max_new_tokens=6).texts[0]
+        steered = generate_full(b, "Tell me about the sea.", max_new_tokens=6, steer=steer).texts[0]
+        assert last == (plain, steered) and plain != steered
+    with pytest.raises(InputError, match="prompt is empty"):
+        next(wb.steering.compare_stream(qwen_tiny, " ", steer))
+    with pytest.raises(InputError, match="not edits="):
+        next(wb.steering.compare_stream(qwen_tiny, "hi", steer, edits=[]))
+
+
 def test_where_prompt_and_generated(qwen_tiny):
     b = qwen_tiny
     vec = _vec(b, [3])

@@ -243,6 +243,11 @@ def test_cli_extract_export_generate_and_sweep(qwen_tiny, tmp_path, capsys):
                 "--raw", "--compare"]) == 0
     text = capsys.readouterr().out
     assert "KL(unsteered || steered)" in text and "--- steered ---" in text
+    # the same side-by-side as the web app: the core's compare_stream, its last texts printed
+    from workbench.steering import compare_stream
+
+    plain, steered = list(compare_stream(qwen_tiny, "Hello", [back.steer(4.0)], max_new_tokens=3, chat=False))[-1]
+    assert f"--- unsteered ---\n{plain}\n--- steered ---\n{steered}\n" in text
 
     html = tmp_path / "sweep.html"
     best = tmp_path / "best.safetensors"

@@ -148,6 +148,46 @@ class EditScope:
         self.handles.clear()
 
 
+@dataclass(frozen=True)
+class RowEdit:
+    """`inner` acting only on the batch rows where `rows` ([batch] bool) is true, the other
+    rows passing through unchanged: one batched generation can carry an unsteered and a
+    steered copy of a prompt side by side, in lock step through the one loop
+    (`steering.compare_stream`)."""
+
+    inner: Edit
+    rows: Tensor
+
+    @property
+    def layer(self) -> int:
+        return self.inner.layer
+
+    @property
+    def vector(self) -> Tensor | None:  # checked against d_model like the inner edit's
+        return getattr(self.inner, "vector", None)
+
+    @property
+    def direction(self) -> Tensor | None:
+        return getattr(self.inner, "direction", None)
+
+    def __call__(self, hidden: Tensor, phase: str) -> Tensor:
+        if hidden.shape[0] != self.rows.shape[0]:
+            raise InputError(f"RowEdit has a mask for {self.rows.shape[0]} rows, but the batch has {hidden.shape[0]}")
+        edited = self.inner(hidden, phase)
+        if edited is hidden:
+            return hidden
+        m = self.rows.to(hidden.device)[:, None, None]
+        return torch.where(m, edited, hidden)
+
+
+def only_rows(edits: Sequence[Edit], rows: Sequence[bool]) -> list[RowEdit]:
+    """Each of `edits` restricted to the batch rows where `rows` is true (`RowEdit`)."""
+    mask = torch.as_tensor(list(rows), dtype=torch.bool)
+    if mask.ndim != 1 or mask.numel() == 0:
+        raise InputError(f"rows must be a non-empty list of booleans, one per batch row, got {rows!r:.60}")
+    return [RowEdit(e, mask) for e in edits]
+
+
 def validate_edits(edits: Sequence[Edit], n_layers: int, d_model: int) -> tuple:
     if edits is None:
         return ()

@@ -189,7 +189,7 @@ def _sweep(args) -> int:
 
 def _generate(args) -> int:
     from ..generate import generate_stream
-    from ..steering.apply import as_edits, load_vector, steer_report
+    from ..steering.apply import as_edits, compare_stream, load_vector, steer_report
 
     for path in args.vector:
         check_input_file(path, "--vector", "steering vector (.safetensors or .gguf)")
@@ -210,14 +210,17 @@ def _generate(args) -> int:
     as_edits(specs, bench)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                   chat=not args.raw, decode_stream=True)
-    if args.compare:
-        print("--- unsteered ---")
-        _stream(generate_stream(bench, args.prompt, **kwargs))
-        print("--- steered ---")
     for spec in specs:
         what = "ablate" if args.ablate else f"add x{spec.amount:g}"
         print(f"[{what} {spec.vector.method} at layers {list(spec.layers or spec.vector.layers)}, where={args.where}]")
-    _stream(generate_stream(bench, args.prompt, steer=specs, **kwargs))
+    if args.compare:  # the web app's side-by-side: one batched run, plain row and steered row
+        kwargs.pop("decode_stream")
+        plain, steered = "", ""
+        for plain, steered in compare_stream(bench, args.prompt, specs, **kwargs):
+            pass
+        print(f"--- unsteered ---\n{plain}\n--- steered ---\n{steered}")
+    else:
+        _stream(generate_stream(bench, args.prompt, steer=specs, **kwargs))
     words = [w if w.startswith(" ") else " " + w for w in args.concept_words.split(",")] if args.concept_words else None
     rep = steer_report(bench, specs, concept_words=words)
     print(rep.summary())

@@ -59,6 +59,7 @@ _EXPORTS = {
     "SteerReport": "apply",
     "steered_generate": "apply",
     "SteeredRun": "apply",
+    "compare_stream": "apply",
     "NEUTRAL_PROMPTS": "apply",
 }
 from .extract import extract, sweep  # noqa: E402  (see module doc)

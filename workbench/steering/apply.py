@@ -274,6 +274,33 @@ def steered_generate(
     return SteeredRun(result, report)
 
 
+def compare_stream(bench: Any, prompt: str, steer: Any, **generate_kwargs: Any) -> Iterator[tuple[str, str]]:
+    """The unsteered and the steered continuation of `prompt`, side by side: one batched
+    generation through the one loop (row 0 plain, row 1 with `steer` via `edits.only_rows`),
+    yielding `(unsteered_text, steered_text)` after every step, end-of-turn tokens left out.
+    `generate_kwargs` go to `generate_stream` (max_new_tokens, temperature, seed, chat ...);
+    with sampling, the two rows draw from one generator, so they differ from two separate
+    runs with the same seed. The web app streams it; `workbench steer generate --compare`
+    prints its last texts."""
+    from ..edits import only_rows
+    from ..generate import generate_stream, stop_token_ids
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty")
+    for k in ("steer", "edits"):
+        if k in generate_kwargs:
+            raise InputError(f"compare_stream takes the steering as its `steer` argument, not {k}=")
+    edits = only_rows(as_edits(steer, bench), [False, True])  # refuses a vector made for another model
+    stops = stop_token_ids(bench.tokenizer, bench.hf)
+    ids: list[list[int]] = [[], []]
+    for step in generate_stream(bench, [prompt, prompt], edits=edits, **generate_kwargs):
+        for i in range(2):
+            t = int(step.tokens[i])
+            if t >= 0 and t not in stops:
+                ids[i].append(t)
+        yield bench.tokenizer.decode(ids[0]), bench.tokenizer.decode(ids[1])
+
+
 __all__ = [
     "NEUTRAL_PROMPTS",
     "check_compatible",
@@ -288,4 +315,5 @@ __all__ = [
     "side_effect_kl",
     "SteeredRun",
     "steered_generate",
+    "compare_stream",
 ]
