@@ -75,7 +75,6 @@ class LatentTab:
         its vocabulary readout), the visible answer token by token, then the explicit chain
         of thought token by token, then the joint PCA trajectory."""
         from workbench import latent
-        from workbench.generate import generate_stream, stop_token_ids
         from workbench.latent import readout
         from workbench.viz import latent as vl
 
@@ -107,20 +106,11 @@ class LatentTab:
             table = trace.table(tok)
             status = f"{trace.method}: {trace.latent_steps} latent steps, exit {trace.exit} ({trace.exit_detail}); now the explicit chain of thought…"
             yield status, trace.text, "", bars, ent, none, table
-            # the explicit path of the same prompt (what readout.cot_hiddens computes), streamed
-            thinking = True if "</think>" in tok.get_vocab() else None
-            stops = stop_token_ids(tok, bench.hf)
-            hs, ids = [], []
-            for st in generate_stream(bench, prompt, max_new_tokens=n_new, keep_hidden=True, enable_thinking=thinking):
-                t = int(st.tokens[0])
-                if t >= 0:
-                    hs.append(st.hidden[0].float().cpu())
-                    ids.append(t)
-                    yield status, trace.text, tok.decode([i for i in ids if i not in stops]), none, none, none, table
-            import torch
-
-            traj = readout.trajectory(bench, trace, (torch.stack(hs), ids))
-        cot_text = tok.decode([i for i in ids if i not in stops])
+            # the explicit path of the same prompt, streamed (the core's readout.cot_stream)
+            hs, ids, cot_text = [], [], ""
+            for hs, ids, cot_text in readout.cot_stream(bench, prompt, max_new_tokens=n_new):
+                yield status, trace.text, cot_text, none, none, none, table
+            traj = readout.trajectory(bench, trace, (hs, ids))
         done = f"{trace.method}: {trace.latent_steps} latent steps, exit {trace.exit}; chain of thought: {len(ids)} tokens"
         yield done, trace.text, cot_text, bars, ent, vl.trajectory_figure(traj), table
 

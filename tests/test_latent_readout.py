@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +57,14 @@ def test_trajectory_and_parallelism(qwen_tiny):
     cot = readout.cot_hiddens(qwen_tiny, "3*4?", max_new_tokens=5)
     traj = readout.trajectory(qwen_tiny, tr, cot)
     assert traj.latent.shape == (3, 2) and traj.cot.shape == (len(cot[1]), 2) and len(traj.cot_tokens) == len(cot[1])
+    # the stream the web app shows: the same states and ids token by token, the text without stops
+    stream = [(list(h), list(i), t) for h, i, t in readout.cot_stream(qwen_tiny, "3*4?", max_new_tokens=5)]
+    assert [len(i) for _, i, _ in stream] == list(range(1, len(cot[1]) + 1))
+    hs, ids, text = stream[-1]
+    assert ids == cot[1] and torch.equal(torch.stack(hs), cot[0])
+    stops = latent.policies.stop_ids(qwen_tiny)
+    assert text == qwen_tiny.tokenizer.decode([i for i in ids if i not in stops])
+    assert np.array_equal(readout.trajectory(qwen_tiny, tr, (hs, ids)).cot, traj.cot)
     # Latent-SFT's global parallelism (hand-worked checks in tests/test_latent_metrics.py)
     par = readout.global_parallelism(qwen_tiny, tr, ["3 * 4 = 12", "4 + 4 + 4 = 12", "12 = 3 * 4"], tau=0.1, n_random=8)
     assert par.scores.shape == (3,) and 1.0 <= par.n_eff <= 3.0 and par.n_eff_random > 0 and par.n_steps == 3

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -175,29 +175,50 @@ class Trajectory:
 
 
 @torch.no_grad()
-def cot_hiddens(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, **kwargs) -> tuple[Tensor, list[int]]:
-    """Hidden states [n, d] (after the final norm, the state each token was chosen from)
-    and the token ids of an explicit chain-of-thought greedy run of `prompt`."""
+def cot_stream(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, **kwargs) -> Iterator[tuple[list[Tensor], list[int], str]]:
+    """The explicit chain-of-thought greedy run of `prompt` (thinking on where the model has
+    `</think>`), token by token: after each visible token, (hidden states so far [d] each,
+    after the final norm: the state the token was chosen from; token ids so far; the text so
+    far without end-of-turn tokens). The web app streams it; `cot_hiddens` keeps the end."""
     from ..generate import generate_stream
 
     from .policies import stop_ids, token_id
 
     enable = kwargs.pop("enable_thinking", True if token_id(bench.tokenizer, "</think>") is not None else None)
-    kwargs.setdefault("stop_ids", stop_ids(bench))
+    stops = kwargs.setdefault("stop_ids", stop_ids(bench))
     rows = [prompt] if isinstance(prompt, list) else prompt
-    hs, ids = [], []
+    hs: list[Tensor] = []
+    ids: list[int] = []
     for st in generate_stream(bench, rows, max_new_tokens=max_new_tokens, keep_hidden=True, enable_thinking=enable, **kwargs):
         if int(st.tokens[0]) >= 0:
             hs.append(st.hidden[0].float().cpu())
             ids.append(int(st.tokens[0]))
-    return torch.stack(hs), ids
+            yield hs, ids, bench.tokenizer.decode([i for i in ids if i not in stops])
 
 
-def trajectory(bench: Any, trace: LatentTrace, cot: tuple[Tensor, list[int]], n_components: int = 2) -> Trajectory:
-    """Fit PCA on the latent steps' hidden states and the CoT run's hidden states together."""
+def cot_hiddens(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, **kwargs) -> tuple[Tensor, list[int]]:
+    """Hidden states [n, d] (after the final norm, the state each token was chosen from)
+    and the token ids of an explicit chain-of-thought greedy run of `prompt` (`cot_stream`
+    to its end)."""
+    hs: list[Tensor] = []
+    ids: list[int] = []
+    for hs, ids, _ in cot_stream(bench, prompt, max_new_tokens, **kwargs):
+        pass
+    if not hs:
+        raise InputError("the chain-of-thought run produced no token (max_new_tokens must be >= 1)")
+    return torch.stack(hs), list(ids)
+
+
+def trajectory(bench: Any, trace: LatentTrace, cot: tuple[Tensor | Sequence[Tensor], list[int]], n_components: int = 2) -> Trajectory:
+    """Fit PCA on the latent steps' hidden states and the CoT run's hidden states together
+    (`cot`: what `cot_hiddens` returns, or `cot_stream`'s list of states and ids)."""
     from sklearn.decomposition import PCA
 
     n_components = check_integer(n_components, "n_components", low=1)
+    if not isinstance(cot[0], Tensor):
+        if not cot[0]:
+            raise InputError("the chain-of-thought run has no hidden states to place beside the latent steps")
+        cot = (torch.stack(list(cot[0])), cot[1])
     lat = torch.stack([s.hidden for s in trace.steps]) if trace.steps else torch.zeros(0, cot[0].shape[-1])
     X = torch.cat([lat, cot[0]]).numpy()
     if X.shape[0] < n_components:
