@@ -74,6 +74,14 @@ class ModelTab:
         return key, arch_summary(bench), layer_rows(bench), f"**{bench.name}** loaded: {bench!r}"
 
     @handler
+    def describe(self, model: str) -> tuple[str, list, str]:
+        """(summary, layer table, status) of the model in use: refreshed whenever the
+        session's model changes (a load here, or a bake / training run that loads its
+        result), so this tab never names a model that generation no longer uses."""
+        bench = self.ctx.registry.peek(model)
+        return arch_summary(bench), layer_rows(bench), f"**{bench.name}** in use: {bench!r}"
+
+    @handler
     def generate(self, model: str, prompt: str, max_new_tokens: Any = 48, temperature: Any = 0.0, seed: Any = 0) -> Iterator[str]:
         """Stream a plain (unsteered) chat generation."""
         from workbench.generate import generate_stream
@@ -123,5 +131,7 @@ def build_ui(ctx: AppContext) -> ModelTab:
     out = gr.Textbox(label="generation", lines=6, elem_id="model-generation")
     load.click(tab.load_model, [choice, path], [ctx.model, summary, layers, status], api_name="load_model")
     gen.click(tab.generate, [ctx.model, prompt, max_new, temp, seed], out, api_name="generate")
+    # a bake or a training run hands its result to the session's model: say so here
+    ctx.model.change(tab.describe, [ctx.model], [summary, layers, status], api_name="describe_model")
     ctx.extras["model_tab_load"] = (load, choice, path, summary, layers, status)
     return tab

@@ -329,6 +329,13 @@ def test_training_tab_bakes_and_loads_the_result(app, vec):
     assert [p for p in fig.data[0].x] == [1, 2]
     _key, summary, _rows, _ = tabs["Model"].load_model("local path…", key)
     assert "| layers | 30 |" in summary
+    # the Model tab names the model in use: its describe() runs whenever the session's model changes
+    summary2, _rows2, status2 = tabs["Model"].describe(key)
+    baked = _demo.workbench_ctx.registry.peek(key)
+    assert summary2 == summary and status2 == f"**{baked.name}** in use: {baked!r}" and baked.name != MODEL
+    deps = [d for d in _demo.fns.values() if d.api_name == "describe_model"]
+    assert len(deps) == 1 and deps[0].fn.__name__ == "describe"
+    assert [t for _, t in deps[0].targets] == ["change"] and deps[0].targets[0][0] == _demo.workbench_ctx.model._id
 
 
 def test_cli_launch_banner_names_the_cli_flag_not_launch_share(smol, tmp_path, capsys):
