@@ -20,7 +20,7 @@ import gradio as gr
 
 from workbench.errors import InputError, OutputExistsError, WorkbenchError
 from workbench.train.latent_recipes import RUNNERS as _LATENT_RUNNERS
-from workbench.train.trajectories import read_loss_history, read_trajectories
+from workbench.train.trajectories import LossHistory, read_loss_history, read_trajectories
 from workbench.viz.train import loss_figure, trajectories_figure
 
 from ._common import AppContext, allowed_path, handler, output_file, parse_float, parse_int
@@ -67,7 +67,10 @@ class TrainingTab:
                 worker.join(0.5)
                 if len(history) != shown:
                     shown = len(history)
-                    last = history[-1] if history else {}
+                    if not history:
+                        yield loss_figure(history), f"starting: step 0/{steps}…", gr.update()
+                        continue
+                    last = history[-1]
                     stage = f"stage {int(last['stage'])}, " if last.get("stage") is not None else ""
                     yield loss_figure(history), f"{stage}step {last.get('step', 0)}/{steps}, loss {last.get('loss', float('nan')):.4g}", gr.update()
         except GeneratorExit:  # the page went away: stop the run (its checkpoint is kept) before the name is free again
@@ -151,7 +154,7 @@ class TrainingTab:
         cls, run = RUNNERS[recipe]
         cfg = cls(model=model, out_dir=str(out_dir), steps=n, eval_n=0, ckpt_every=max(1, n // 4), warmup_steps=0, progress=False, device="cpu",
                   probe_n=probes)  # fmt: skip
-        history: list[dict] = []
+        history = LossHistory(out_dir if resume else None)  # a resumed run's curve keeps its earlier steps
         box: dict[str, Any] = {}
         stages = getattr(cfg, "stages", 1)
         traj, seen = None, -1
@@ -222,7 +225,7 @@ class TrainingTab:
             steps=n, lr=rate, ckpt_every=max(1, n // 4), warmup_steps=0, progress=False,
         )
         cfg.validate()
-        history: list[dict] = []
+        history = LossHistory(out_dir if resume else None)  # a resumed run's curve keeps its earlier steps
 
         def work(cancel: threading.Event) -> Any:
             with self.ctx.registry.use(model) as bench:  # the teacher's hooks sit on the shared model

@@ -193,3 +193,20 @@ def test_a_resumed_run_neither_duplicates_nor_loses_records(micro_dir, tmp_path)
     (run / recs[2]["file"]).unlink()
     with pytest.raises(FileFormatError, match="step000004.safetensors"):
         read_trajectories(run)
+
+
+def test_a_resumed_runs_loss_history_keeps_its_earlier_steps(tmp_path):
+    import json
+
+    from workbench.train.trajectories import LossHistory
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 10.0 - s}) + "\n" for s in range(1, 6)))
+    h = LossHistory(tmp_path)  # the run stopped after step 5, its checkpoint at step 3: a resume redoes 4 and 5
+    for s in (4, 5, 6):
+        h.append({"step": s, "loss": 1.0 * s})
+    assert [(r["step"], r["loss"]) for r in h] == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 4.0), (5, 5.0), (6, 6.0)]
+    assert LossHistory(tmp_path / "missing") == [] and LossHistory() == []
+    staged = LossHistory()
+    for r in ({"stage": 1, "step": 1}, {"stage": 1, "step": 2}, {"stage": 2, "step": 1}, {"stage": 2, "step": 1}):
+        staged.append(dict(r))
+    assert [(r["stage"], r["step"]) for r in staged] == [(1, 1), (1, 2), (2, 1)]  # a new stage restarts its steps

@@ -452,7 +452,27 @@ def read_loss_history(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+
+
+class LossHistory(list):
+    """The rows a live loss curve shows (`viz.train.loss_figure`): given a run folder (a
+    resumed run), its rows logged so far, then the trainer's `on_step` rows appended as
+    they come. The steps a resume redoes (those after its checkpoint) replace the rows
+    logged for them before, so the curve keeps the run's whole history without repeats."""
+
+    def __init__(self, run_dir: str | Path | None = None):
+        super().__init__(read_loss_history(run_dir) if run_dir is not None and Path(run_dir).is_dir() else [])
+
+    def append(self, row: dict) -> None:  # type: ignore[override]
+        def same_run(r: dict) -> bool:
+            return r.get("stage") == row.get("stage") and r.get("phase") == row.get("phase")
+
+        while self and same_run(self[-1]) and int(self[-1].get("step", 0)) >= int(row.get("step", 0)):
+            self.pop()
+        super().append(row)
+
+
 __all__ = [
-    "TrajectoryRecorder", "recorder_for", "probe_problems", "head_tensors", "read_trajectories", "read_loss_history", "pca_2d",
+    "TrajectoryRecorder", "recorder_for", "probe_problems", "head_tensors", "read_trajectories", "read_loss_history", "LossHistory", "pca_2d",
     "Trajectories", "CheckpointTrajectory", "ProbeTrajectory", "TRAJECTORIES_FILE", "TRAJECTORIES_DIR",
 ]  # fmt: skip
