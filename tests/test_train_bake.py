@@ -194,3 +194,14 @@ def test_bake_acceptance_on_smol(smol, tmp_path):
     got, mask = _logits(stock, smol.tokenizer)
     want, _ = _logits(res.model, smol.tokenizer)
     torch.testing.assert_close(got[mask], want[mask], rtol=0, atol=1e-4)
+
+
+def test_bake_summary_says_what_the_concept_numbers_mean():
+    from workbench.train.bake import BakeReport
+
+    rep = BakeReport(n_prompts=4, kl_baked_steered=0.1, kl_original_steered=1.0, concept_shift_steered=0.789, concept_shift_baked=1.809)
+    s = rep.summary()
+    assert "moves by +1.809 nats in the baked model and +0.789 under the steering it learned from: 229% of the steered shift retained" in s
+    assert "further than the steering did" in s
+    half = BakeReport(n_prompts=4, kl_baked_steered=0.1, kl_original_steered=1.0, concept_shift_steered=1.0, concept_shift_baked=0.5)
+    assert "50% of the steered shift retained" in half.summary() and "further" not in half.summary()

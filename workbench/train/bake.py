@@ -394,7 +394,12 @@ class BakeReport:
             f"KL(original||steered) {self.kl_original_steered:.4f} nats (ratio {self.kl_ratio:.3f})"
         )
         if self.concept_retained is not None:
-            s += f"; concept log-prob shift {self.concept_shift_baked:+.3f} of {self.concept_shift_steered:+.3f} ({self.concept_retained:.0%} retained)"
+            r = self.concept_retained
+            more = " (the baked model moves them further than the steering did)" if r > 1 else ""
+            s += (
+                f"; the concept words' log-probability moves by {self.concept_shift_baked:+.3f} nats in the baked model and "
+                f"{self.concept_shift_steered:+.3f} under the steering it learned from: {r:.0%} of the steered shift retained{more}"
+            )
         if self.side_effect_kl_baked is not None:
             s += f"; side-effect KL on {self.n_neutral} neutral prompts: baked {self.side_effect_kl_baked:.4f}, steered {self.side_effect_kl_steered:.4f}"
         return s
