@@ -167,6 +167,21 @@ def test_kept_cells_span_machines_and_conditions_are_not_mixed(micro_dir, tmp_pa
     assert not (tmp_path / "runs").exists()
     R.results(tmp_path / "cells", overrides={"pause": {**TINY, "steps": 3}}, **kw)
     assert len(trained) == 2 and len(scored) == n_scored + len(rep["sets"])
+    # the same model path holding other weights (a rebuild that is not bit-identical) is another condition
+    cell = json.loads(next((tmp_path / "cells" / "arith" / "cells").rglob("*.json")).read_text())
+    assert cell["conditions"]["model_weights"] == R.model_fingerprint(str(micro_dir)) and len(cell["conditions"]["model_weights"]) == 16
+    other = tmp_path / "other-model"
+    shutil.copytree(micro_dir, other)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(other / "model.safetensors")
+    name = next(k for k in w if "norm" in k)
+    w[name] = w[name] + 1e-3
+    save_file(w, other / "model.safetensors", metadata={"format": "pt"})
+    assert R.model_fingerprint(str(other)) != R.model_fingerprint(str(micro_dir))
+    n_trained, n_scored = len(trained), len(scored)
+    R.results(tmp_path / "cells", overrides={"pause": TINY}, **{**kw, "model": str(other)})
+    assert len(trained) == n_trained + 1 and len(scored) > n_scored
     with pytest.raises(ValueError, match=r"overrides\['pause'\] names unknown or fixed field\(s\) \['stepz'\]"):
         R.results(tmp_path / "cells", overrides={"pause": {"stepz": 3}}, **kw)
     with pytest.raises(ValueError, match=r"unknown recipe 'nope'"):

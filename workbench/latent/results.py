@@ -53,20 +53,37 @@ BASE_MIN_GAP = 0.2
 TRAINING_FREE = (("no-CoT", "no_think"), ("CoT", "cot"), ("soft thinking", "soft"))
 
 
-def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, overrides: dict | None = None) -> tuple[Path, dict]:
+RUN_CONDITIONS = "results_conditions.json"
+
+
+def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, overrides: dict | None = None,
+                  conditions: dict | None = None) -> tuple[Path, dict]:  # fmt: skip
     """`<out>/final`, training `recipe` there with its default config (plus `overrides`)
-    when missing; an interrupted run in `out` resumes."""
+    when missing; an interrupted run in `out` resumes. `conditions` (the table's: model,
+    its weights, the overrides) are kept in `<out>/results_conditions.json`: a run
+    folder trained under other conditions is trained again, never reused or resumed."""
     import shutil
 
+    from ..paths import atomic_write_text
     from ..train.latent_recipes import RUNNERS
 
     run_dir = out
     final = run_dir / "final"
+    marker = run_dir / RUN_CONDITIONS
+    if run_dir.exists() and conditions is not None and marker.is_file():
+        try:
+            same = json.loads(marker.read_text()) == json.loads(json.dumps(conditions, default=str))
+        except ValueError:
+            same = False
+        if not same:
+            retrain = True
     if retrain and run_dir.exists():
         shutil.rmtree(run_dir)
     summary_path = final / "train_summary.json"
     if final.is_dir() and summary_path.is_file():
         return final, json.loads(summary_path.read_text())
+    if conditions is not None:
+        atomic_write_text(marker, json.dumps(conditions, indent=1, default=str) + "\n")
     cls, run = RUNNERS[recipe]
     cfg = cls(model=model, out_dir=str(run_dir), eval_n=0, **(overrides or {}))
     resume = (run_dir / "checkpoint").exists() or any(run_dir.glob("stage*/checkpoint"))  # an interrupted run
@@ -167,6 +184,34 @@ def eval_sets(task: str) -> dict[str, Any]:
 DEFAULT_MODELS = {"arith": "qwen3.5-micro", "graph": "qwen3.5-micro-graph"}
 
 
+def model_fingerprint(model: str) -> str | None:
+    """The first 16 hex digits of the sha256 of the model's weights (`model.safetensors`)
+    for a micro model (its cache folder, trained there first if missing) or a local model
+    folder; None for anything else (a registry model read from a package)."""
+    import hashlib
+
+    from ..train.micro import MODEL_NAMES, micro_model_dir
+
+    by_name = {v: k for k, v in MODEL_NAMES.items()}
+    folder = micro_model_dir(task=by_name[model]) if model in by_name else Path(model).expanduser()
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    from ..models import MANIFEST
+
+    try:  # the cache manifest holds it already (verified when the folder was loaded)
+        entry = json.loads((folder / MANIFEST).read_text())["files"]["model.safetensors"]
+        if entry.get("size") == weights.stat().st_size and entry.get("mtime_ns") == weights.stat().st_mtime_ns:
+            return str(entry["sha256"])[:16]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def results(
     out_dir: str | Path = "runs/latent-results",
     *,
@@ -246,13 +291,18 @@ def results(
     def cell_path(label: str, seed: int | None, set_name: str) -> Path:
         return out / "cells" / _slug(label) / ("seed-free" if seed is None else f"seed{seed}") / f"{_slug(set_name)}.json"
 
+    weights = model_fingerprint(model)
+
     def conditions(recipe: str | None, ov: dict | None) -> dict:
         """What a cell's number depends on besides its row, seed and set: a stored cell under
-        other conditions is scored again, never mixed into the table."""
+        other conditions is scored again, never mixed into the table. The weights'
+        fingerprint matters beside the build version: a micro model rebuilt from the same
+        configuration on another machine (another thread count) is not bit-identical."""
         from ..train.micro import CACHE_KEYS, MODEL_NAMES
 
         build = {MODEL_NAMES[t]: CACHE_KEYS[t] for t in MODEL_NAMES}.get(model)  # the micro model's build version
-        return {"model": model, **({"model_build": build} if build else {}), "n": n, "recipe": recipe, "overrides": ov}
+        return {"model": model, **({"model_build": build} if build else {}), **({"model_weights": weights} if weights else {}),
+                "n": n, "recipe": recipe, "overrides": ov}  # fmt: skip
 
     def stored(label: str, seed: int | None, set_name: str, cond: dict) -> dict | None:
         path = cell_path(label, seed, set_name)
@@ -300,7 +350,7 @@ def results(
             if all(c is not None for c in have):  # scored before (maybe on another machine): no training
                 entries.append((seed, None, {k: have[0].get(k) for k in ("train_seconds", "train_stages")}, cond))
                 continue
-            final, info = ensure_recipe(recipe, runs / recipe / f"seed{seed}", model, retrain, ov)
+            final, info = ensure_recipe(recipe, runs / recipe / f"seed{seed}", model, retrain, ov, conditions=cond)
 
             def make(final=final):
                 spec, m = row_method(final)
@@ -420,6 +470,6 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "results", "markdown", "ensure_recipe", "row_method", "RECIPE_ROWS", "TRAINING_FREE", "NOT_LEARNED_G", "cell_stats",
+    "results", "markdown", "ensure_recipe", "model_fingerprint", "logged_train_seconds", "row_method", "RECIPE_ROWS", "TRAINING_FREE", "NOT_LEARNED_G", "cell_stats",
     "t_interval", "wilson_interval", "gap_share", "eval_sets",
 ]  # fmt: skip
