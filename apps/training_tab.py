@@ -48,10 +48,10 @@ class TrainingTab:
         return f"cancelling {run_name}: it stops after the current step (a checkpoint is kept for resume)"
 
     def _in_worker(self, run_name: str, cancel: threading.Event, work: Any, history: list[dict], steps: int,
-                   box: dict) -> Iterator[tuple[Any, str, Any]]:
+                   box: dict, stages: int | None = None) -> Iterator[tuple[Any, str, Any]]:
         """Run `work(cancel)` in a thread; yield (loss figure, status, no change) while the
         trainer's `on_step` rows land in `history`; the result goes to box["result"] (the
-        worker's exception is raised here)."""
+        worker's exception is raised here). `steps` per stage of `stages` (COCONUT)."""
 
         def target() -> None:
             try:
@@ -60,18 +60,16 @@ class TrainingTab:
                 box["error"] = err
 
         worker = threading.Thread(target=target, name=f"train-{run_name}", daemon=True)
+        shown = len(history)  # a resumed run's earlier rows are shown at once
+        yield loss_figure(history), (f"resuming after step {history[-1].get('step', 0)}…" if history else f"starting: step 0/{steps}…"), gr.update()
         worker.start()
-        shown = -1
         try:
             while worker.is_alive():
                 worker.join(0.5)
                 if len(history) != shown:
                     shown = len(history)
-                    if not history:
-                        yield loss_figure(history), f"starting: step 0/{steps}…", gr.update()
-                        continue
                     last = history[-1]
-                    stage = f"stage {int(last['stage'])}, " if last.get("stage") is not None else ""
+                    stage = f"stage {int(last['stage'])}{f' of {stages}' if stages else ''}, " if last.get("stage") is not None else ""
                     yield loss_figure(history), f"{stage}step {last.get('step', 0)}/{steps}, loss {last.get('loss', float('nan')):.4g}", gr.update()
         except GeneratorExit:  # the page went away: stop the run (its checkpoint is kept) before the name is free again
             cancel.set()
@@ -160,7 +158,7 @@ class TrainingTab:
         traj, seen = None, -1
         with self._claim(out_dir, overwrite) as cancel:
             for fig, status, key in self._in_worker(out_dir.name, cancel, lambda ev: run(cfg, resume=resume, on_step=history.append, cancel=ev),
-                                                    history, n, box):  # fmt: skip
+                                                    history, n, box, stages if stages > 1 else None):  # fmt: skip
                 ckpts = sum(1 for r in history if r.get("checkpoint"))
                 if ckpts != seen:  # a checkpoint's record is written before its row reaches on_step
                     seen, traj = ckpts, self._trajectories(out_dir, traj)

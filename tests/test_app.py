@@ -3,6 +3,7 @@ readable errors, and isolation under concurrency against a running app on loopba
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -294,7 +295,9 @@ def test_training_tab_latent_recipe_and_trained_policy(app, micro_dir, tmp_path)
     fig, traj, status, key = outs[-1]
     assert status.startswith("done (4 stage(s))") and key == str((folder / "workbench-outputs" / "coco-test" / "final" / "model").resolve())
     assert [t.name for t in fig.data] == ["stage 1", "stage 2", "stage 3", "stage 4"]
-    assert any(str(o[2]).startswith("stage ") for o in outs[:-1])  # live rows while training
+    live = [str(o[2]) for o in outs[:-1] if str(o[2]).startswith("stage ")]  # live rows while training
+    assert live and all(re.match(r"stage [1-4] of 4, step [12]/2, loss ", t) for t in live), live
+    assert outs[0][2] == "starting: step 0/2…"
     # beside the loss: one probe's latent path at each of the 8 checkpoints (2 per stage), and its readout table
     assert [t.name for t in traj.data if t.type == "scatter"] == [f"stage {k} step {s}" for k in (1, 2, 3, 4) for s in (1, 2)]
     assert [len(t.x) for t in traj.data if t.type == "scatter"] == [2, 2, 4, 4, 6, 6, 8, 8]
