@@ -87,7 +87,16 @@ def test_viz_figures(qwen_tiny):
     figs = vl.step_figures(tr, qwen_tiny.tokenizer)
     assert len(figs) == 4 and all(f.data for f in figs)
     traj = readout.trajectory(qwen_tiny, tr, readout.cot_hiddens(qwen_tiny, "3*4?", max_new_tokens=3))
-    assert len(vl.trajectory_figure(traj).data) == 2
+    fig = vl.trajectory_figure(traj)
+    assert [t.name for t in fig.data] == ["explicit CoT", "latent steps", "latent start", "latent end", "CoT start", "CoT end"]
+    assert (fig.data[2].x[0], fig.data[2].y[0]) == (traj.latent[0, 0], traj.latent[0, 1])
+    assert (fig.data[5].x[0], fig.data[5].y[0]) == (traj.cot[-1, 0], traj.cot[-1, 1])
+    assert vl._step_labels(3) == ["0", "1", "2"] and vl._step_labels(30)[:4] == ["0", "", "", "3"] and vl._step_labels(30)[-1] == "29"
+    # entropy, effective tokens and norm on their own titled axes, each from 0
+    ent = figs[1]
+    assert [t.name for t in ent.data] == ["entropy (nats)", "effective tokens", "|latent| / |token embedding|"]
+    axes = [ent.layout[f"yaxis{'' if i == 1 else i}"] for i in (1, 2, 3)]
+    assert [a.title.text for a in axes] == [t.name for t in ent.data] and all(a.rangemode == "tozero" for a in axes)
 
 
 def test_eval_writes_results_and_summary(qwen_tiny, tmp_path):

@@ -37,27 +37,49 @@ def top_tokens_figure(trace: Any, tokenizer: Any, k: int = 5, source: str = "nex
 
 
 def entropy_norm_figure(trace: Any) -> go.Figure:
-    """Entropy of the next-token distribution and latent norm (relative to the mean token
-    embedding norm) per step; superposition effective token count when present."""
+    """Per latent step, one panel each on a shared x axis: the entropy of the next-token
+    distribution (nats), the superposition's effective token count when the policy has
+    one, and the latent norm relative to the mean token-embedding norm. Every y axis is
+    titled and starts at 0, so a 5% change in the norm looks like 5%."""
     x = [s.index for s in trace.steps]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=x, y=[s.entropy for s in trace.steps], name="entropy (nats)", mode="lines+markers"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=x, y=[s.norm_ratio for s in trace.steps], name="|latent| / |token embedding|", mode="lines+markers"), secondary_y=True)
-    if trace.steps and trace.steps[0].superposition is not None:
-        fig.add_trace(go.Scatter(x=x, y=[s.superposition.n_eff for s in trace.steps], name="effective tokens", mode="lines+markers"),
-                      secondary_y=False)  # fmt: skip
-    fig.update_layout(title=f"{trace.method}: entropy and norm per latent step (exit: {trace.exit})", xaxis_title="latent step")
+    has_sup = bool(trace.steps) and trace.steps[0].superposition is not None
+    panels = [("entropy (nats)", [s.entropy for s in trace.steps])]
+    if has_sup:
+        panels.append(("effective tokens", [s.superposition.n_eff for s in trace.steps]))
+    panels.append(("|latent| / |token embedding|", [s.norm_ratio for s in trace.steps]))
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    for i, (name, y) in enumerate(panels, start=1):
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines+markers", showlegend=False), row=i, col=1)
+        fig.update_yaxes(title_text=name, rangemode="tozero", row=i, col=1)
+    fig.update_xaxes(title_text="latent step", row=len(panels), col=1)
+    fig.update_layout(title=f"{trace.method}: entropy and norm per latent step (exit: {trace.exit})", height=220 * len(panels) + 80)
     return fig
 
 
+def _step_labels(n: int, most: int = 12) -> list[str]:
+    """Point labels for a path of n steps: every step when few, else every k-th (and the
+    last), so the labels do not pile on one another."""
+    k = max(1, -(-n // most))
+    return [str(i) if i % k == 0 or i == n - 1 else "" for i in range(n)]
+
+
 def trajectory_figure(traj: Any) -> go.Figure:
-    """PCA of latent steps and explicit-CoT hidden states in one plane (`readout.trajectory`)."""
+    """PCA of latent steps and explicit-CoT hidden states in one plane (`readout.trajectory`):
+    each path with a start marker (circle) and an end marker (square); latent step numbers
+    label the points (thinned when many)."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=traj.cot[:, 0], y=traj.cot[:, 1], mode="lines+markers", name="explicit CoT", text=traj.cot_tokens,
                              marker=dict(size=6), line=dict(width=1)))  # fmt: skip
+    n = len(traj.latent)
     fig.add_trace(go.Scatter(x=traj.latent[:, 0], y=traj.latent[:, 1], mode="lines+markers+text", name="latent steps",
-                             text=[str(i) for i in range(len(traj.latent))], hovertext=traj.latent_labels,
+                             text=_step_labels(n), textposition="top center", hovertext=traj.latent_labels,
                              marker=dict(size=10, symbol="diamond")))  # fmt: skip
+    for pts, what in ((traj.latent, "latent"), (traj.cot, "CoT")):
+        if len(pts):
+            fig.add_trace(go.Scatter(x=[pts[0, 0]], y=[pts[0, 1]], mode="markers", name=f"{what} start",
+                                     marker=dict(size=14, symbol="circle-open", line=dict(width=2))))  # fmt: skip
+            fig.add_trace(go.Scatter(x=[pts[-1, 0]], y=[pts[-1, 1]], mode="markers", name=f"{what} end",
+                                     marker=dict(size=14, symbol="square-open", line=dict(width=2))))  # fmt: skip
     ev = traj.explained
     fig.update_layout(title="latent path vs text path (PCA)", xaxis_title=f"PC1 ({ev[0]:.0%})", yaxis_title=f"PC2 ({ev[1]:.0%})")
     return fig
