@@ -159,6 +159,9 @@ def test_coconut_records_every_checkpoint_of_every_stage(micro_dir, tmp_path):
     fig = trajectories_figure(traj)
     assert [t.type for t in fig.data] == ["scatter"] * 4 + ["heatmap"] + ["scatter"] * 4 + ["heatmap"]
     heat = fig.data[4]
+    lines = fig.data[:4]  # step numbers only on the newest checkpoint's path; every path starts with a star
+    assert [t.mode for t in lines] == ["lines+markers"] * 3 + ["lines+markers+text"] and list(lines[3].text) == ["0", "1"]
+    assert all(t.marker.symbol[0] == "star" for t in lines)
     assert list(heat.y) == [f"{c.label} {'✓' if c.probes[0].correct else '✗'}" for c in traj.checkpoints] and len(heat.z[0]) == 2
     assert heat.z[0][1] is None and heat.text[2][1] != ""  # stage 1 has one latent, stage 2 two
     # the loss rows of the stage folders, for the loss curve beside it

@@ -36,8 +36,8 @@ def _tok(t: str) -> str:
 
 def trajectories_figure(traj: Any, which: str = "latent", title: str = "latent steps across checkpoints") -> Any:
     """Per probe (one row each): left, the 2-D PCA path of its latent steps at every
-    checkpoint (one line per checkpoint, dark to light as training goes on, each point
-    labelled with its step index; `which`: "latent", the vectors fed, or "hidden", the
+    checkpoint (one line per checkpoint, dark to light as training goes on, each path's
+    first step a star, the newest path's points labelled with their step index; `which`: "latent", the vectors fed, or "hidden", the
     states they came from; the PCA is fitted over all checkpoints of that probe, so the
     paths share axes); right, a heat table of the top next-token readout per latent step
     (columns) per checkpoint (rows), coloured by its probability, with ✓ / ✗ for the
@@ -68,9 +68,12 @@ def trajectories_figure(traj: Any, which: str = "latent", title: str = "latent s
             if p is None or len(Z) == 0:
                 continue
             hover = [f"{c.label}, latent step {s}<br>top: {_tok(p.top_tokens[s][0]) if p.top_tokens[s] else ''} ({p.top_probs[s][0]:.2f})" if p.top_probs[s] else f"{c.label}, step {s}" for s in range(p.n_steps)]
+            last_ck = j == len(cks) - 1  # step numbers on the newest path only: on every path they pile up
             fig.add_trace(go.Scatter(
-                x=Z[:, 0], y=Z[:, 1], mode="lines+markers+text", text=[str(s) for s in range(len(Z))], textposition="top center",
-                hovertext=hover, hoverinfo="text", line=dict(color=colors[j], width=1.5), marker=dict(color=colors[j], size=8),
+                x=Z[:, 0], y=Z[:, 1], mode="lines+markers+text" if last_ck else "lines+markers",
+                text=[str(s) for s in range(len(Z))] if last_ck else None, textposition="top center",
+                hovertext=hover, hoverinfo="text", line=dict(color=colors[j], width=1.5),
+                marker=dict(color=colors[j], size=[13] + [8] * (len(Z) - 1), symbol=["star"] + ["circle"] * (len(Z) - 1)),  # the start: a star
                 name=c.label, legendgroup=c.label, showlegend=i == 0,
             ), row=i + 1, col=1)  # fmt: skip
         fig.update_xaxes(title_text=f"PC1 ({explained[0]:.0%})", row=i + 1, col=1)
