@@ -171,6 +171,16 @@ def test_graph_micro_data_has_a_hop_warmup_and_arithmetic_has_none():
             micro.MicroConfig(task="graph", **bad).validate()
 
 
+def test_micro_task_defaults():
+    from workbench.train import micro
+
+    a, g = micro.MicroConfig(), micro.MicroConfig(task="graph")
+    assert (a.conv_kernel, a.steps) == (4, 1400) and (g.conv_kernel, g.steps) == (6, 4000)
+    assert micro.MicroConfig(task="graph", steps=12, conv_kernel=4).steps == 12  # given values stay
+    assert g.replace(out_dir="x").to_dict() == {**g.to_dict(), "out_dir": "x"}  # resolved once, stored concrete
+    assert micro.CACHE_KEYS["graph"] == "qwen3.5-micro-graph-v4"
+
+
 def test_micro_conv_kernel_sets_the_gated_deltanet_conv_width():
     # the short conv spans "<stem> pus is a <child>" (5 tokens) at conv_kernel >= 5
     from workbench.train import micro
@@ -297,23 +307,23 @@ def test_micro_graph_model_trains_resumes_loads_and_runs_its_cot_eval(tmp_cache,
     cfg = micro.MicroConfig(task="graph", out_dir=str(micro.default_run_dir("graph")), **SMOKE)
     full, info = micro.train_micro(cfg, cancel=lambda: True)
     assert full is None and info == {"status": "cancelled", "step": 1}
-    assert (tmp_cache / "qwen3.5-micro-graph-v3.run" / "checkpoint").exists()
+    assert (tmp_cache / "qwen3.5-micro-graph-v4.run" / "checkpoint").exists()
     # `workbench train micro --set task=graph` resumes it into the cache folder beside the arithmetic one
     sets = [x for k, v in SMOKE.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     assert main(["micro", "--set", 'task="graph"', *sets]) == 0
     res = json.loads(capsys.readouterr().out)
-    folder = tmp_cache / "qwen3.5-micro-graph-v3"
+    folder = tmp_cache / "qwen3.5-micro-graph-v4"
     assert res["model_dir"] == str(folder) and res["steps"] == SMOKE["steps"]
     assert set(res["eval"]) == {"3 hops", "4 hops", "5 hops"}
     assert all(0.0 <= v[k] <= 1.0 for v in res["eval"].values() for k in ("cot", "direct"))
-    assert not (tmp_cache / "qwen3.5-micro-graph-v3.run").exists() and not (tmp_cache / micro.CACHE_KEY).exists()
+    assert not (tmp_cache / "qwen3.5-micro-graph-v4.run").exists() and not (tmp_cache / micro.CACHE_KEY).exists()
     info = json.loads((folder / "micro.json").read_text())
     assert info["task"] == "graph" and info["config"]["task"] == "graph" and info["compact_vocab"] < 1000
     steps_logged = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, SMOKE["steps"] + 1))  # step 1 from the stopped run, then the resumed ones
 
     bench = wb.load("qwen3.5-micro-graph", device="cpu")
-    assert bench.source == "trained:qwen3.5-micro-graph-v3"
+    assert bench.source == "trained:qwen3.5-micro-graph-v4"
     probs = arith.eval_problems("3 hops", 2)
     rows, summary = evaluate(bench, {"cot": "cot", "no_think": "no_think"}, probs, max_new_tokens=8, think_budget=40, progress=False)
     assert len(rows) == 4 and {s.method for s in summary} == {"cot", "no_think"}
