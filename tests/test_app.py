@@ -200,7 +200,7 @@ def test_latent_tab_coconut_and_projection_head(app, smol):
     assert "step   0" in live[0][6] and "step   1" not in live[0][6] and "step   1" in live[1][6]
     assert outs.index(live[1]) < next(i for i, o in enumerate(outs) if "latent steps, exit" in str(o[0]))
     names = {t.name for t in traj.data}
-    assert names == {"explicit CoT", "latent steps"} and len(traj.data[1].x) == 2
+    assert names == {"explicit CoT", "latent steps", "latent start", "latent end", "CoT start", "CoT end"} and len(traj.data[1].x) == 2
     assert len(ent.data) >= 2 and len(bars.data) == 2
     from safetensors.torch import save_file
 
