@@ -175,11 +175,14 @@ class Trajectory:
 
 
 @torch.no_grad()
-def cot_stream(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, **kwargs) -> Iterator[tuple[list[Tensor], list[int], str]]:
+def cot_stream(
+    bench: Any, prompt: str | list[int], max_new_tokens: int = 64, *, decode: bool = True, **kwargs
+) -> Iterator[tuple[list[Tensor], list[int], str]]:
     """The explicit chain-of-thought greedy run of `prompt` (thinking on where the model has
     `</think>`), token by token: after each visible token, (hidden states so far [d] each,
     after the final norm: the state the token was chosen from; token ids so far; the text so
-    far without end-of-turn tokens). The web app streams it; `cot_hiddens` keeps the end."""
+    far without end-of-turn tokens, "" with `decode=False`). The web app streams it;
+    `cot_hiddens` keeps the end (without decoding)."""
     from ..generate import generate_stream
 
     from .policies import stop_ids, token_id
@@ -193,7 +196,7 @@ def cot_stream(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, **
         if int(st.tokens[0]) >= 0:
             hs.append(st.hidden[0].float().cpu())
             ids.append(int(st.tokens[0]))
-            yield hs, ids, bench.tokenizer.decode([i for i in ids if i not in stops])
+            yield hs, ids, bench.tokenizer.decode([i for i in ids if i not in stops]) if decode else ""
 
 
 def cot_hiddens(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, **kwargs) -> tuple[Tensor, list[int]]:
@@ -202,7 +205,7 @@ def cot_hiddens(bench: Any, prompt: str | list[int], max_new_tokens: int = 64, *
     to its end)."""
     hs: list[Tensor] = []
     ids: list[int] = []
-    for hs, ids, _ in cot_stream(bench, prompt, max_new_tokens, **kwargs):
+    for hs, ids, _ in cot_stream(bench, prompt, max_new_tokens, decode=False, **kwargs):
         pass
     if not hs:
         raise InputError("the chain-of-thought run produced no token (max_new_tokens must be >= 1)")

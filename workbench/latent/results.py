@@ -93,8 +93,6 @@ def ensure_recipe(recipe: str, out: Path, model: str, retrain: bool = False, ove
     info = json.loads(summary_path.read_text())
     # from the step log, not this process's clock: a run resumed across sessions counts all of its steps
     info["train_seconds"] = round(logged_train_seconds(run_dir), 1)
-    from ..paths import atomic_write_text
-
     atomic_write_text(summary_path, json.dumps(info, indent=1, default=str) + "\n")
     return final, info
 
@@ -188,8 +186,7 @@ def model_fingerprint(model: str) -> str | None:
     """The first 16 hex digits of the sha256 of the model's weights (`model.safetensors`)
     for a micro model (its cache folder, trained there first if missing) or a local model
     folder; None for anything else (a registry model read from a package)."""
-    import hashlib
-
+    from ..models import MANIFEST, _sha256
     from ..train.micro import MODEL_NAMES, micro_model_dir
 
     by_name = {v: k for k, v in MODEL_NAMES.items()}
@@ -197,19 +194,13 @@ def model_fingerprint(model: str) -> str | None:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         return None
-    from ..models import MANIFEST
-
     try:  # the cache manifest holds it already (verified when the folder was loaded)
         entry = json.loads((folder / MANIFEST).read_text())["files"]["model.safetensors"]
         if entry.get("size") == weights.stat().st_size and entry.get("mtime_ns") == weights.stat().st_mtime_ns:
             return str(entry["sha256"])[:16]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return _sha256(weights)[:16]
 
 
 def results(

@@ -27,7 +27,7 @@ import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -81,12 +81,6 @@ def creation_metadata(
 
 def _not_ours(path: PathLike, why: str) -> FileFormatError:
     return FileFormatError(f"{os.fspath(path)} is not a steering vector file: {why}")
-
-
-def _atomic_write(path: PathLike, write: Callable[[str], None], overwrite: bool = True) -> None:
-    """`paths.atomic_write_file`: ``write(tmp)``, then moved into place (``overwrite=False``
-    refuses an existing ``path`` atomically)."""
-    atomic_write_file(path, write, overwrite=overwrite)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -309,7 +303,7 @@ class SteeringVector:
             with open(tmp, "wb") as f:
                 f.write(blob)
 
-        _atomic_write(path, write, overwrite)
+        atomic_write_file(path, write, overwrite=overwrite)
 
     @classmethod
     def load(
@@ -433,7 +427,7 @@ class SteeringVector:
             finally:
                 writer.close()
 
-        _atomic_write(path, write, overwrite)
+        atomic_write_file(path, write, overwrite=overwrite)
 
     @classmethod
     def from_gguf(
